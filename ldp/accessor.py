@@ -1,0 +1,79 @@
+"""The storage accessor: the narrow interface every backend implements.
+
+A backend stores bytes, a media type, a version and containment, and makes each write atomic with
+the precondition that guards it. It knows nothing of RDF, HTTP or Solid rules: those live once in
+``ldp.store``. Keeping this small is what lets a PostgreSQL backend be a second implementation rather
+than a fork.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from ldp.errors import Conflict
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """One stored resource. Containers keep their own (non-containment) triples as Turtle in ``body``."""
+
+    path: str
+    content_type: str
+    body: bytes
+    version: str
+    modified: float
+
+
+class VersionMismatch(Conflict):
+    """The resource changed (or appeared, or vanished) since the caller read it."""
+
+
+ANY_VERSION = "*"  # expect: the resource exists, whatever its version
+ABSENT = ""  # expect: the resource does not exist
+
+
+@dataclass(frozen=True, slots=True)
+class Write:
+    """Create or replace ``path``.
+
+    ``expect`` is None (unconditional), ``ABSENT``, ``ANY_VERSION`` or a version string; the write
+    fails with VersionMismatch when the stored state differs. Missing ancestor containers are
+    created in the same transaction.
+    """
+
+    path: str
+    content_type: str
+    body: bytes
+    expect: str | None = None
+
+
+class StorageAccessor(Protocol):
+    async def open(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+    async def get(self, pod: str, path: str) -> Record | None: ...
+
+    async def write(self, pod: str, write: Write) -> tuple[Record, bool]:
+        """Apply one write atomically; returns the new record and whether it was created."""
+        ...
+
+    async def delete(self, pod: str, path: str, expect: str | None = None) -> None:
+        """Delete ``path`` and its auxiliary resources; Conflict if it is a non-empty container."""
+        ...
+
+    async def children(self, pod: str, container: str, after: str = "", limit: int = 1000) -> list[str]:
+        """One page of child paths of ``container`` in path order, strictly after ``after``."""
+        ...
+
+    def iter_children(self, pod: str, container: str, page: int = 1000) -> AsyncIterator[str]: ...
+
+    async def create_pod(self, pod: str, resources: Sequence[Write]) -> None:
+        """Register ``pod`` and write its initial resources in one transaction; Conflict if taken."""
+        ...
+
+    async def pods(self) -> list[str]: ...
+
+    async def pod_exists(self, pod: str) -> bool: ...

@@ -1,0 +1,5 @@
+import sys
+
+from pod.cli import main
+
+sys.exit(main())

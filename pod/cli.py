@@ -1,0 +1,146 @@
+"""The ``pod`` command: ``pod serve``, ``pod create NAME``, ``pod list``.
+
+Every command takes the same configuration options, so ``pod create`` and ``pod list`` work on the
+data directory of a running server (SQLite in WAL mode lets them share the file) or of none.
+Errors in options or configuration are one line on stderr and exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from typing import Any, NoReturn
+
+from ldp.errors import PodError
+from ldp.sqlite import SqliteAccessor
+from pod.config import LOG_LEVELS, Config, ConfigError, load_config
+from pod.pods import check_pod_name, create_pod, pod_info
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"pod: error: {message}\n")
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    g = parser.add_argument_group("configuration (also from a TOML file and POD_* environment variables)")
+    g.add_argument("--config", metavar="FILE", help="TOML configuration file (or POD_CONFIG)")
+    g.add_argument("--host", help="address to listen on (default 127.0.0.1)")
+    g.add_argument("--port", help="port to listen on (default 8080)")
+    g.add_argument(
+        "--data-dir", dest="data_dir", metavar="DIR", help="where the database lives (default ./var)"
+    )
+    g.add_argument(
+        "--base-url", dest="base_url", metavar="URL", help="public base URL (default http://HOST:PORT/)"
+    )
+    g.add_argument(
+        "--url-mode", dest="url_mode", choices=["path", "subdomain"], help="pod URLs: /NAME/ or NAME.host"
+    )
+    g.add_argument("--log-level", dest="log_level", choices=LOG_LEVELS, help="log level (default info)")
+    g.add_argument("--max-body-size", dest="max_body_size", metavar="BYTES", help="largest request body")
+    g.add_argument("--oidc-issuer", dest="oidc_issuer", metavar="URL", help="solid:oidcIssuer for new WebIDs")
+    g.add_argument(
+        "--demo-pod", dest="demo_pod", metavar="NAME", help="pod created on first start ('' for none)"
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="pod", description="A Solid pod server.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    _common(sub.add_parser("serve", help="run the server"))
+    create = sub.add_parser("create", help="create a pod and print its URL and WebID")
+    create.add_argument("name")
+    create.add_argument("--json", action="store_true", help='print {"name", "url", "webid"}')
+    _common(create)
+    listing = sub.add_parser("list", help="list the pods")
+    listing.add_argument("--json", action="store_true", help="print a JSON array")
+    _common(listing)
+    return parser
+
+
+def _config(args: argparse.Namespace) -> Config:
+    cli: dict[str, Any] = {
+        k: v for k, v in vars(args).items() if k not in ("command", "config", "name", "json")
+    }
+    return load_config(cli, config_file=args.config)
+
+
+async def _with_accessor(config: Config, command: str, args: argparse.Namespace) -> int:
+    accessor = SqliteAccessor(config.database_path)
+    await accessor.open()
+    try:
+        locator = config.locator()
+        if command == "create":
+            info = await create_pod(accessor, locator, args.name, config.oidc_issuer)
+            if args.json:
+                print(json.dumps(info.as_json()))
+            else:
+                print(f"Created pod {info.name}\n  URL:   {info.url}\n  WebID: {info.webid}")
+            return 0
+        infos = [pod_info(locator, name) for name in await accessor.pods()]
+        if args.json:
+            print(json.dumps([i.as_json() for i in infos]))
+        else:
+            for info in infos:
+                print(f"{info.name}\t{info.url}\t{info.webid}")
+        return 0
+    finally:
+        await accessor.close()
+
+
+def serve(config: Config) -> None:
+    from aiohttp import web
+
+    from pod.app import create_app
+
+    logging.basicConfig(
+        level=config.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    locator = config.locator()
+    base = config.effective_base_url
+
+    async def announce(app: web.Application) -> None:
+        print(
+            f"Solid pod server listening on http://{config.host}:{config.port}/ (base URL {base})", flush=True
+        )
+        for name in await app[STORE].accessor.pods():
+            print(f"  pod {name}: {locator.pod_root(name)}  WebID {locator.webid(name)}", flush=True)
+
+    from pod.state import STORE
+
+    app = create_app(config)
+    app.on_startup.append(announce)
+    access_log = logging.getLogger("aiohttp.access") if config.log_level == "debug" else None
+    web.run_app(app, host=config.host, port=config.port, access_log=access_log, print=None)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        config = _config(args)
+        if args.command == "create":
+            try:
+                check_pod_name(args.name)
+            except PodError as exc:
+                raise ConfigError(exc.message) from None
+        if args.command == "serve":
+            serve(config)
+            return 0
+        return asyncio.run(_with_accessor(config, args.command, args))
+    except ConfigError as exc:
+        print(f"pod: error: {exc}", file=sys.stderr)
+        return 2
+    except PodError as exc:
+        print(f"pod: error: {exc.message}", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        print(f"pod: error: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,224 @@
+"""LDP request handlers: one per method, each a thin layer between HTTP and ``ldp.store``.
+
+Handlers parse what the request says (target, headers, body), call the store, and describe the
+result with the shared header writers. They never build error responses: they raise domain errors.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Awaitable, Callable
+
+from aiohttp import hdrs, web
+
+from ldp.accessor import Record
+from ldp.conneg import accepts, choose_rdf_type
+from ldp.errors import BadRequest, MethodNotAllowed, NotAcceptable, NotFound
+from ldp.headers import STORAGE_DESCRIPTION_PATH, http_date, resource_headers
+from ldp.identifiers import PodLocator, Target, is_container
+from ldp.listing import stream_listing
+from ldp.preconditions import check_read, etag, not_modified
+from ldp.rdf import is_rdf_type, normalize_media_type
+from ldp.store import Conditions, ResourceStore
+from ldp.vocab import LDP
+from pod.state import LOCATOR, STORE
+
+_LINK_RE = re.compile(r'<([^>]*)>\s*;\s*rel\s*=\s*"?([^",;]+)"?')
+_CONTAINER_TYPES = {str(LDP.BasicContainer), str(LDP.Container)}
+_LISTING_PAGE = 1000
+
+TARGET = web.RequestKey("target", Target)
+
+Handler = Callable[[web.Request, Target], Awaitable[web.StreamResponse]]
+
+
+def _locator(request: web.Request) -> PodLocator:
+    return request.app[LOCATOR]
+
+
+def _store(request: web.Request) -> ResourceStore:
+    return request.app[STORE]
+
+
+def target_of(request: web.Request) -> Target:
+    """The pod and path a request addresses (cached on the request)."""
+    target = request.get(TARGET)
+    if target is None:
+        target = _locator(request).locate(request.host, request.raw_path)
+        request[TARGET] = target
+    return target
+
+
+def _conditions(request: web.Request) -> Conditions:
+    return Conditions(request.headers.get(hdrs.IF_MATCH), request.headers.get(hdrs.IF_NONE_MATCH))
+
+
+def _headers(request: web.Request, target: Target, exists: bool) -> dict[str, str]:
+    return resource_headers(_locator(request), target.pod, target.path, exists)
+
+
+def _not_found(request: web.Request, target: Target) -> NotFound:
+    return NotFound(
+        f"{_locator(request).url(target.pod, target.path)} not found",
+        headers=_headers(request, target, False),
+    )
+
+
+def _content_type(request: web.Request) -> str:
+    """Solid Protocol §5.2: a write without Content-Type is refused (400), since the server cannot know
+    how to interpret the body."""
+    media = normalize_media_type(request.headers.get(hdrs.CONTENT_TYPE))
+    if media is None or "/" not in media:
+        raise BadRequest("Content-Type header is required")
+    return media
+
+
+async def _body(request: web.Request) -> bytes:
+    return await request.read()
+
+
+# -- GET / HEAD ------------------------------------------------------------------------------------
+async def handle_get(request: web.Request, target: Target) -> web.StreamResponse:
+    store = _store(request)
+    if target.path == STORAGE_DESCRIPTION_PATH:
+        return await _storage_description(request, target)
+    record = await store.accessor.get(target.pod, target.path)
+    if record is None:
+        raise _not_found(request, target)
+    check_read(record, request.headers.get(hdrs.IF_MATCH))
+    accept = request.headers.get(hdrs.ACCEPT)
+    headers = _headers(request, target, True)
+    headers["Last-Modified"] = http_date(record.modified)
+    if is_container(record.path):
+        media = choose_rdf_type(accept)
+        return await _container(request, target, record, media, headers)
+    if is_rdf_type(record.content_type):
+        media = choose_rdf_type(accept, record.content_type)
+    else:
+        media = record.content_type
+        if accept and not accepts(accept, media):
+            raise NotAcceptable(f"This resource is only available as {media}")
+    headers["ETag"] = etag(record.version, media)
+    if not_modified(record, request.headers.get(hdrs.IF_NONE_MATCH)):
+        return web.Response(status=304, headers=headers)
+    body = record.body if media == record.content_type else store.representation(target.pod, record, media)
+    headers["Content-Type"] = media
+    if request.method == "HEAD":
+        headers["Content-Length"] = str(len(body))
+        return web.Response(status=200, headers=headers)
+    return web.Response(status=200, body=body, headers=headers)
+
+
+async def _container(
+    request: web.Request, target: Target, record: Record, media: str, headers: dict[str, str]
+) -> web.StreamResponse:
+    store, locator = _store(request), _locator(request)
+    headers["ETag"] = etag(record.version, media)
+    headers["Content-Type"] = media
+    if not_modified(record, request.headers.get(hdrs.IF_NONE_MATCH)):
+        return web.Response(status=304, headers=headers)
+    if request.method == "HEAD":
+        return web.Response(status=200, headers=headers)
+    url = locator.url(target.pod, target.path)
+    head = store.container_head(target.pod, record)
+    children = store.accessor.iter_children(target.pod, target.path, _LISTING_PAGE)
+    response = web.StreamResponse(status=200, headers=headers)
+    await response.prepare(request)
+    async for chunk in stream_listing(head, url, children, lambda p: locator.url(target.pod, p), media):
+        await response.write(chunk)
+    await response.write_eof()
+    return response
+
+
+async def _storage_description(request: web.Request, target: Target) -> web.StreamResponse:
+    """Solid Protocol §4.1: the storage description, advertised by ``rel=storageDescription``."""
+    store, locator = _store(request), _locator(request)
+    if await store.accessor.get(target.pod, "/") is None:
+        raise _not_found(request, target)
+    media = choose_rdf_type(request.headers.get(hdrs.ACCEPT))
+    root = locator.pod_root(target.pod)
+    body = store.storage_description(target.pod, root, media)
+    headers = _headers(request, target, True)
+    headers["Content-Type"] = media
+    return web.Response(body=b"" if request.method == "HEAD" else body, headers=headers)
+
+
+# -- PUT / POST / PATCH / DELETE -------------------------------------------------------------------
+async def handle_put(request: web.Request, target: Target) -> web.StreamResponse:
+    media = _content_type(request)
+    record, created = await _store(request).put(
+        target.pod, target.path, media, await _body(request), _conditions(request)
+    )
+    return _written(request, target, record, created)
+
+
+def _written(request: web.Request, target: Target, record: Record, created: bool) -> web.Response:
+    headers = _headers(request, target, True)
+    headers["ETag"] = etag(record.version, record.content_type)
+    if created:
+        headers["Location"] = _locator(request).url(target.pod, target.path)
+        return web.Response(status=201, headers=headers)
+    return web.Response(status=204, headers=headers)
+
+
+def _wants_container(request: web.Request) -> bool:
+    for value in request.headers.getall(hdrs.LINK, []):
+        for uri, rel in _LINK_RE.findall(value):
+            if rel.strip() == "type" and uri in _CONTAINER_TYPES:
+                return True
+    return False
+
+
+async def handle_post(request: web.Request, target: Target) -> web.StreamResponse:
+    store = _store(request)
+    if not is_container(target.path):
+        if await store.accessor.get(target.pod, target.path) is None:
+            raise _not_found(request, target)
+        raise MethodNotAllowed("POST is only allowed on containers", headers=_headers(request, target, True))
+    media = _content_type(request)
+    body = await _body(request)
+    record = await store.post(
+        target.pod, target.path, request.headers.get("Slug"), _wants_container(request), media, body
+    )
+    created = Target(target.pod, record.path)
+    headers = _headers(request, created, True)
+    headers["Location"] = _locator(request).url(target.pod, record.path)
+    headers["ETag"] = etag(record.version, record.content_type)
+    return web.Response(status=201, headers=headers)
+
+
+async def handle_patch(request: web.Request, target: Target) -> web.StreamResponse:
+    media = _content_type(request)
+    record, created = await _store(request).patch(
+        target.pod, target.path, media, await _body(request), _conditions(request)
+    )
+    return _written(request, target, record, created)
+
+
+async def handle_delete(request: web.Request, target: Target) -> web.StreamResponse:
+    await _store(request).delete(target.pod, target.path, _conditions(request))
+    return web.Response(status=204)
+
+
+async def handle_options(request: web.Request, target: Target) -> web.StreamResponse:
+    exists = await _store(request).accessor.get(target.pod, target.path) is not None
+    return web.Response(status=204, headers=_headers(request, target, exists))
+
+
+HANDLERS: dict[str, Handler] = {
+    "GET": handle_get,
+    "HEAD": handle_get,
+    "PUT": handle_put,
+    "POST": handle_post,
+    "PATCH": handle_patch,
+    "DELETE": handle_delete,
+    "OPTIONS": handle_options,
+}
+
+
+async def dispatch(request: web.Request) -> web.StreamResponse:
+    handler = HANDLERS.get(request.method)
+    target = target_of(request)
+    if handler is None:
+        raise MethodNotAllowed(f"Method {request.method} is not supported")
+    return await handler(request, target)
