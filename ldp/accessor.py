@@ -70,9 +70,20 @@ class StorageAccessor(Protocol):
 
     def iter_children(self, pod: str, container: str, page: int = 1000) -> AsyncIterator[str]: ...
 
-    async def create_pod(self, pod: str, resources: Sequence[Write]) -> None:
-        """Register ``pod`` and write its initial resources in one transaction; Conflict if taken."""
+    async def create_pod(
+        self, pod: str, resources: Sequence[Write], key: tuple[str, bytes] | None = None
+    ) -> None:
+        """Register ``pod``, its signing key (key id, private PEM) and its initial resources in one
+        transaction; Conflict if taken."""
         ...
+
+    async def pod_key(self, pod: str) -> tuple[str, bytes] | None: ...
+
+    async def acl_epoch(self) -> int:
+        """A number that changes whenever any ACL resource is written or deleted."""
+        ...
+
+    async def get_acl(self, pod: str, path: str) -> tuple[bytes, str] | None: ...
 
     async def pods(self) -> list[str]: ...
 

@@ -27,6 +27,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from acl.apikeys import ApiKey
 from ldp.accessor import ABSENT, ANY_VERSION, Record, VersionMismatch, Write
 from ldp.errors import Conflict, NotFound
 from ldp.identifiers import ancestors, is_acl, is_container, parent_of
@@ -46,6 +47,17 @@ CREATE TABLE IF NOT EXISTS resources (
     modified REAL NOT NULL
 );
 CREATE UNIQUE INDEX IF NOT EXISTS resources_path ON resources(pod, path);
+CREATE TABLE IF NOT EXISTS api_keys (
+    id TEXT PRIMARY KEY,
+    pod TEXT NOT NULL,
+    agent TEXT NOT NULL,
+    secret_hash TEXT NOT NULL,
+    label TEXT NOT NULL DEFAULT '',
+    created REAL NOT NULL,
+    revoked INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS api_keys_pod ON api_keys(pod);
+CREATE TABLE IF NOT EXISTS pod_keys (pod TEXT PRIMARY KEY, key_id TEXT NOT NULL, private_pem BLOB NOT NULL);
 CREATE INDEX IF NOT EXISTS resources_children ON resources(pod, parent, path) WHERE parent IS NOT NULL;
 """
 _MAX_BATCH = 512
@@ -91,6 +103,14 @@ def _touch(conn: sqlite3.Connection, pod: str, path: str | None, now: float) -> 
         )
 
 
+def _bump_acl_epoch(conn: sqlite3.Connection) -> None:
+    """Record that some ACL changed, so every process drops its parsed-ACL cache."""
+    conn.execute(
+        "INSERT INTO meta(key, value) VALUES ('acl_epoch', '1')"
+        " ON CONFLICT(key) DO UPDATE SET value = CAST(value AS INTEGER) + 1"
+    )
+
+
 def _insert(conn: sqlite3.Connection, pod: str, path: str, ctype: str, body: bytes, now: float) -> str:
     version = new_version()
     parent = None if is_acl(path) else parent_of(path)
@@ -100,6 +120,8 @@ def _insert(conn: sqlite3.Connection, pod: str, path: str, ctype: str, body: byt
         (pod, path, parent, ctype, body, version, now),
     )
     _touch(conn, pod, parent, now)
+    if parent is None and path != "/":
+        _bump_acl_epoch(conn)
     return version
 
 
@@ -117,6 +139,8 @@ def _write(conn: sqlite3.Connection, pod: str, w: Write) -> tuple[Record, bool]:
             "UPDATE resources SET content_type=?, body=?, version=?, modified=? WHERE pod=? AND path=?",
             (w.content_type, w.body, version, now, pod, w.path),
         )
+        if is_acl(w.path):
+            _bump_acl_epoch(conn)
         return Record(w.path, w.content_type, w.body, version, now), False
     if w.path != "/" and _version_of(conn, pod, _twin(w.path)) is not None:
         raise Conflict(f"{_twin(w.path)} already exists; a container and a document cannot share a name")
@@ -141,7 +165,9 @@ def _delete(conn: sqlite3.Connection, pod: str, path: str, expect: str | None) -
         and conn.execute("SELECT 1 FROM resources WHERE pod=? AND parent=? LIMIT 1", (pod, path)).fetchone()
     ):
         raise Conflict("Container is not empty")
-    conn.execute("DELETE FROM resources WHERE pod=? AND path IN (?, ?)", (pod, path, path + ".acl"))
+    deleted = conn.execute("DELETE FROM resources WHERE pod=? AND path IN (?, ?)", (pod, path, path + ".acl"))
+    if is_acl(path) or deleted.rowcount > 1:
+        _bump_acl_epoch(conn)
     if not is_acl(path):
         _touch(conn, pod, parent_of(path), time.time())
 
@@ -301,11 +327,58 @@ class SqliteAccessor:
             after = batch[-1]
             await asyncio.sleep(0)  # let other requests run between pages of a large listing
 
+    async def acl_epoch(self) -> int:
+        row = self._read().execute("SELECT value FROM meta WHERE key='acl_epoch'").fetchone()
+        return 0 if row is None else int(row[0])
+
+    async def get_acl(self, pod: str, path: str) -> tuple[bytes, str] | None:
+        record = await self.get(pod, path)
+        return None if record is None else (record.body, record.content_type)
+
     async def pods(self) -> list[str]:
         return [r[0] for r in self._read().execute("SELECT name FROM pods ORDER BY name").fetchall()]
 
     async def pod_exists(self, pod: str) -> bool:
         return self._read().execute("SELECT 1 FROM pods WHERE name=?", (pod,)).fetchone() is not None
+
+    # -- API keys and pod keys ---------------------------------------------------------------------
+    async def insert_key(self, key: ApiKey, secret_hash: str) -> None:
+        await self._run(
+            lambda conn: conn.execute(
+                "INSERT INTO api_keys(id, pod, agent, secret_hash, label, created, revoked) VALUES (?,?,?,?,?,?,0)",
+                (key.id, key.pod, key.agent, secret_hash, key.label, key.created),
+            )
+        )
+
+    async def key_record(self, key_id: str) -> tuple[ApiKey, str] | None:
+        row = (
+            self._read()
+            .execute("SELECT id, pod, agent, created, revoked, label, secret_hash FROM api_keys WHERE id=?", (key_id,))
+            .fetchone()
+        )
+        return None if row is None else (ApiKey(row[0], row[1], row[2], row[3], bool(row[4]), row[5]), row[6])
+
+    async def list_keys(self, pod: str) -> list[ApiKey]:
+        rows = (
+            self._read()
+            .execute(
+                "SELECT id, pod, agent, created, revoked, label FROM api_keys WHERE pod=? ORDER BY created", (pod,)
+            )
+            .fetchall()
+        )
+        return [ApiKey(r[0], r[1], r[2], r[3], bool(r[4]), r[5]) for r in rows]
+
+    async def revoke_key(self, pod: str, key_id: str) -> bool:
+        def job(conn: sqlite3.Connection) -> bool:
+            cur = conn.execute("UPDATE api_keys SET revoked=1 WHERE pod=? AND id=?", (pod, key_id))
+            return cur.rowcount > 0
+
+        result: bool = await self._run(job)
+        return result
+
+    async def pod_key(self, pod: str) -> tuple[str, bytes] | None:
+        row = self._read().execute("SELECT key_id, private_pem FROM pod_keys WHERE pod=?", (pod,)).fetchone()
+        return None if row is None else (str(row[0]), bytes(row[1]))
 
     # -- writes ----------------------------------------------------------------------------------
     async def write(self, pod: str, write: Write) -> tuple[Record, bool]:
@@ -315,12 +388,17 @@ class SqliteAccessor:
     async def delete(self, pod: str, path: str, expect: str | None = None) -> None:
         await self._run(lambda conn: _delete(conn, pod, path, expect))
 
-    async def create_pod(self, pod: str, resources: Sequence[Write]) -> None:
+    async def create_pod(
+        self, pod: str, resources: Sequence[Write], key: tuple[str, bytes] | None = None
+    ) -> None:
         def job(conn: sqlite3.Connection) -> None:
             if conn.execute("SELECT 1 FROM pods WHERE name=?", (pod,)).fetchone():
                 raise Conflict(f"Pod {pod} already exists")
             now = time.time()
             conn.execute("INSERT INTO pods(name, created) VALUES (?, ?)", (pod, now))
+            conn.execute("DELETE FROM pod_keys WHERE pod=?", (pod,))
+            if key is not None:
+                conn.execute("INSERT INTO pod_keys(pod, key_id, private_pem) VALUES (?, ?, ?)", (pod, *key))
             conn.execute("DELETE FROM resources WHERE pod=?", (pod,))
             _insert(conn, pod, "/", "text/turtle", b"", now)
             for w in resources:

@@ -21,7 +21,7 @@ from rdflib import Graph, URIRef
 from ldp.accessor import ABSENT, Record, StorageAccessor, VersionMismatch, Write
 from ldp.errors import BadRequest, Conflict, MethodNotAllowed, NotFound, UnsupportedMediaType
 from ldp.identifiers import PodLocator, check_segment, is_acl, is_container, parent_of
-from ldp.patch import parse_patch
+from ldp.patch import Patch, parse_patch
 from ldp.preconditions import check_write
 from ldp.rdf import is_rdf_type, parse_rdf, serialize_rdf
 from ldp.vocab import LDP, PIM, RDF, SOLID
@@ -220,11 +220,18 @@ class ResourceStore:
         return name
 
     async def patch(
-        self, pod: str, path: str, content_type: str, body: bytes, cond: Conditions = NO_CONDITIONS
+        self,
+        pod: str,
+        path: str,
+        content_type: str,
+        body: bytes,
+        cond: Conditions = NO_CONDITIONS,
+        parsed: Patch | None = None,
     ) -> tuple[Record, bool]:
+        """Apply an N3 Patch or SPARQL Update; ``parsed`` saves re-parsing one already checked."""
         _refuse_reserved(path)
         url = self.locator.url(pod, path)
-        patch = parse_patch(body, content_type, url)
+        patch = parsed or parse_patch(body, content_type, url)
 
         async def attempt() -> tuple[Record, bool]:
             current = await self.accessor.get(pod, path)

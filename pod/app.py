@@ -1,4 +1,4 @@
-"""Application factory: ``create_app(config)`` wires storage, the store and the middlewares."""
+"""Application factory: ``create_app(config)`` wires storage, access control and the middlewares."""
 
 from __future__ import annotations
 
@@ -7,25 +7,50 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
+from acl.apikeys import ApiKeys
+from acl.authorizer import Authorizer
+from acl.credentials import Authenticator
+from acl.documents import Documents
+from acl.wac import Wac
 from ldp.sqlite import SqliteAccessor
 from ldp.store import ResourceStore
 from pod.config import Config
 from pod.cors import add_cors_headers, preflight_middleware
 from pod.errors import error_middleware
 from pod.handlers import dispatch
-from pod.pods import create_pod, pod_info
-from pod.state import CONFIG, LOCATOR, STORE
+from pod.outbound import OutboundClient
+from pod.pods import create_pod
+from pod.state import API_KEYS, AUTHENTICATOR, AUTHORIZER, CONFIG, DOCUMENTS, LOCATOR, OUTBOUND, STORE
 
 log = logging.getLogger("pod")
 
 
+async def _outbound(app: web.Application) -> AsyncIterator[None]:
+    client = OutboundClient(allow_loopback=app[CONFIG].allow_loopback)
+    app[OUTBOUND] = client
+    yield
+    await client.close()
+
+
 async def _storage(app: web.Application) -> AsyncIterator[None]:
     config = app[CONFIG]
+    locator = app[LOCATOR]
     accessor = SqliteAccessor(config.database_path)
     await accessor.open()
-    app[STORE] = ResourceStore(accessor, app[LOCATOR])
+    store = ResourceStore(accessor, locator)
+    documents = Documents(store, locator, app[OUTBOUND])
+    app[STORE] = store
+    app[DOCUMENTS] = documents
+    app[API_KEYS] = keys = ApiKeys(accessor)
+    app[AUTHORIZER] = Authorizer(Wac(accessor, locator, documents.group_members), accessor, locator)
+    app[AUTHENTICATOR] = Authenticator(keys, unsafe_webid_header=config.unsafe_webid_header)
+    if config.unsafe_webid_header:
+        log.warning(
+            "UNSAFE: 'Authorization: WebID <uri>' is trusted without proof (--unsafe-webid-header). "
+            "Anyone can act as any agent. Use this only for conformance tests."
+        )
     if config.demo_pod and not await accessor.pods():
-        info = await create_pod(accessor, app[LOCATOR], config.demo_pod, config.oidc_issuer)
+        info = await create_pod(accessor, locator, config.demo_pod, config.oidc_issuer)
         log.info("created demo pod %s at %s (WebID %s)", info.name, info.url, info.webid)
     yield
     await accessor.close()
@@ -41,10 +66,8 @@ def create_app(config: Config) -> web.Application:
     )
     app[CONFIG] = config
     app[LOCATOR] = config.locator()
+    app.cleanup_ctx.append(_outbound)
     app.cleanup_ctx.append(_storage)
     app.on_response_prepare.append(add_cors_headers)
     app.router.add_route("*", "/{tail:.*}", dispatch)
     return app
-
-
-__all__ = ["create_app", "pod_info"]

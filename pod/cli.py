@@ -46,6 +46,20 @@ def _common(parser: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--demo-pod", dest="demo_pod", metavar="NAME", help="pod created on first start ('' for none)"
     )
+    g.add_argument(
+        "--unsafe-webid-header",
+        dest="unsafe_webid_header",
+        action="store_const",
+        const=True,
+        help="trust 'Authorization: WebID <uri>' without proof (conformance tests only, never in production)",
+    )
+    g.add_argument(
+        "--allow-loopback",
+        dest="allow_loopback",
+        action="store_const",
+        const=True,
+        help="let outbound requests reach loopback addresses (tests and local multi-server demos)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -36,6 +36,8 @@ class Config:
     max_body_size: int = 50 * 1024 * 1024
     oidc_issuer: str = ""
     demo_pod: str = "demo"  # created on first start when no pod exists; "" disables
+    unsafe_webid_header: bool = False  # accept "Authorization: WebID <uri>" (conformance tests only)
+    allow_loopback: bool = False  # let the outbound client reach loopback (tests, local demos)
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     @property
@@ -65,6 +67,15 @@ def _coerce(name: str, value: Any) -> Any:
             if isinstance(value, bool):
                 raise ValueError
             return int(value)
+        if kind == "bool":
+            if isinstance(value, bool):
+                return value
+            text = str(value).strip().lower()
+            if text in ("1", "true", "yes", "on"):
+                return True
+            if text in ("0", "false", "no", "off", ""):
+                return False
+            raise ValueError
         if kind == "Path":
             return Path(str(value))
         if not isinstance(value, str):

@@ -13,7 +13,7 @@ from aiohttp import hdrs, web
 
 from ldp.accessor import Record
 from ldp.conneg import accepts, choose_rdf_type
-from ldp.errors import BadRequest, MethodNotAllowed, NotAcceptable, NotFound
+from ldp.errors import BadRequest, MethodNotAllowed, NotAcceptable, NotFound, PodError
 from ldp.headers import STORAGE_DESCRIPTION_PATH, http_date, resource_headers
 from ldp.identifiers import PodLocator, Target, is_container
 from ldp.listing import stream_listing
@@ -21,7 +21,8 @@ from ldp.preconditions import check_read, etag, not_modified
 from ldp.rdf import is_rdf_type, normalize_media_type
 from ldp.store import Conditions, ResourceStore
 from ldp.vocab import LDP
-from pod.state import LOCATOR, STORE
+from ldp.patch import parse_patch
+from pod.state import AUTHENTICATOR, AUTHORIZER, CREDENTIALS, LOCATOR, PARSED_PATCH, PERMISSIONS, STORE
 
 _LINK_RE = re.compile(r'<([^>]*)>\s*;\s*rel\s*=\s*"?([^",;]+)"?')
 _CONTAINER_TYPES = {str(LDP.BasicContainer), str(LDP.Container)}
@@ -54,7 +55,11 @@ def _conditions(request: web.Request) -> Conditions:
 
 
 def _headers(request: web.Request, target: Target, exists: bool) -> dict[str, str]:
-    return resource_headers(_locator(request), target.pod, target.path, exists)
+    headers = resource_headers(_locator(request), target.pod, target.path, exists)
+    permissions = request.get(PERMISSIONS)
+    if permissions is not None and request.get(TARGET) == target:
+        headers["WAC-Allow"] = permissions.header()
+    return headers
 
 
 def _not_found(request: web.Request, target: Target) -> NotFound:
@@ -190,7 +195,7 @@ async def handle_post(request: web.Request, target: Target) -> web.StreamRespons
 async def handle_patch(request: web.Request, target: Target) -> web.StreamResponse:
     media = _content_type(request)
     record, created = await _store(request).patch(
-        target.pod, target.path, media, await _body(request), _conditions(request)
+        target.pod, target.path, media, await _body(request), _conditions(request), request.get(PARSED_PATCH)
     )
     return _written(request, target, record, created)
 
@@ -216,9 +221,46 @@ HANDLERS: dict[str, Handler] = {
 }
 
 
+async def authorize(request: web.Request, target: Target) -> None:
+    """Credentials ▸ required modes ▸ permissions, before any handler runs.
+
+    The body is read first only when the decision needs it: a signed request's digest covers it,
+    and whether a PATCH needs Append or Write depends on what it does. A PATCH that does not parse
+    is authorized as the most demanding kind, and its error reported only to those allowed to make
+    it, so a malformed request reveals nothing to strangers.
+    """
+    app = request.app
+    url = _locator(request).url(target.pod, target.path)
+    full_url = f"{url}?{request.query_string}" if request.query_string else url
+    headers = request.headers
+    needs_body = "Signature-Input" in headers or request.method == "PATCH"
+    body = await request.read() if needs_body else None
+    creds = await app[AUTHENTICATOR].authenticate(
+        method=request.method, url=full_url, pod=target.pod, headers=headers, body=body
+    )
+    request[CREDENTIALS] = creds
+    inserts_only = False
+    patch_error: PodError | None = None
+    if request.method == "PATCH" and body is not None:
+        try:
+            parsed = parse_patch(body, _content_type(request), url)
+            request[PARSED_PATCH] = parsed
+            inserts_only = parsed.inserts_only
+        except PodError as exc:
+            patch_error = exc
+    permissions = await app[AUTHORIZER].authorize(
+        creds, request.method, target.pod, target.path, headers.get("Origin"), inserts_only
+    )
+    if permissions is not None:
+        request[PERMISSIONS] = permissions
+    if patch_error is not None:
+        raise patch_error
+
+
 async def dispatch(request: web.Request) -> web.StreamResponse:
     handler = HANDLERS.get(request.method)
     target = target_of(request)
     if handler is None:
         raise MethodNotAllowed(f"Method {request.method} is not supported")
+    await authorize(request, target)
     return await handler(request, target)

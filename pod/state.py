@@ -4,10 +4,27 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from acl.apikeys import ApiKeys
+from acl.authorizer import Authorizer
+from acl.credentials import Authenticator, Credentials
+from acl.documents import Documents
+from acl.wac import Permissions
 from ldp.identifiers import PodLocator
+from ldp.patch import Patch
 from ldp.store import ResourceStore
 from pod.config import Config
+from pod.outbound import OutboundClient
 
 CONFIG = web.AppKey("config", Config)
 LOCATOR = web.AppKey("locator", PodLocator)
 STORE = web.AppKey("store", ResourceStore)
+AUTHENTICATOR = web.AppKey("authenticator", Authenticator)
+AUTHORIZER = web.AppKey("authorizer", Authorizer)
+API_KEYS = web.AppKey("api_keys", ApiKeys)
+DOCUMENTS = web.AppKey("documents", Documents)
+OUTBOUND = web.AppKey("outbound", OutboundClient)
+
+# Per-request state, set before the handler runs.
+CREDENTIALS = web.RequestKey("credentials", Credentials)
+PERMISSIONS = web.RequestKey("permissions", Permissions)
+PARSED_PATCH = web.RequestKey("parsed_patch", Patch)

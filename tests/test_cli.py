@@ -107,7 +107,7 @@ def test_serve_creates_demo_pod_and_cli_works_alongside(tmp_path: Path) -> None:
         # a pod created by the CLI while the server runs is served at once
         created = run("create", "erin", "--json", env={"POD_DATA_DIR": str(tmp_path), "POD_PORT": str(port)})
         assert created.returncode == 0, created.stderr
-        with urllib.request.urlopen(json.loads(created.stdout)["url"]) as response:
+        with urllib.request.urlopen(json.loads(created.stdout)["webid"]) as response:
             assert response.status == 200
     finally:
         server.terminate()

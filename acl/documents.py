@@ -1,0 +1,114 @@
+"""Fetching RDF documents the server needs about other agents: WebID profiles and group lists.
+
+Documents on this server are read from the store directly; others come through the guarded
+outbound client, with a time-bounded cache (and a shorter one for failures, so an unreachable host
+is not asked on every request). Fetches are asynchronous: a slow remote document delays only the
+request that needs it.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from typing import Protocol
+
+from rdflib import Graph, URIRef
+
+from ldp.errors import PodError, Unauthorized
+from ldp.identifiers import PodLocator
+from ldp.rdf import RDF_MEDIA_TYPES, normalize_media_type, parse_rdf
+from ldp.store import ResourceStore
+from ldp.vocab import SOLID, VCARD
+
+ACCEPT = "text/turtle, application/ld+json;q=0.9, application/n-triples;q=0.8"
+
+
+class Fetching(Protocol):
+    async def get(self, url: str, **kw: object) -> object: ...
+
+
+class DocumentError(Unauthorized):
+    """A document needed to authenticate or authorize could not be had."""
+
+
+class Documents:
+    def __init__(
+        self,
+        store: ResourceStore,
+        locator: PodLocator,
+        outbound: Fetching | None,
+        ttl: float = 300.0,
+        failure_ttl: float = 30.0,
+        max_entries: int = 4096,
+    ) -> None:
+        self.store = store
+        self.locator = locator
+        self.outbound = outbound
+        self.ttl = ttl
+        self.failure_ttl = failure_ttl
+        self.max_entries = max_entries
+        self._cache: OrderedDict[str, tuple[float, Graph | str]] = OrderedDict()
+
+    async def graph(self, url: str) -> Graph:
+        """The graph of the document at ``url`` (fragment ignored); DocumentError if unavailable."""
+        doc = url.split("#", 1)[0]
+        local = self.locator.target_of_url(doc)
+        if local is not None:
+            record = await self.store.accessor.get(local.pod, local.path)
+            if record is None or normalize_media_type(record.content_type) not in RDF_MEDIA_TYPES:
+                raise DocumentError(f"Document {doc} not found")
+            return self.store.graph_of(local.pod, record)
+        now = time.monotonic()
+        cached = self._cache.get(doc)
+        if cached is not None and cached[0] > now:
+            if isinstance(cached[1], str):
+                raise DocumentError(cached[1])
+            return cached[1]
+        try:
+            graph = await self._fetch(doc)
+        except DocumentError as exc:
+            self._remember(doc, now + self.failure_ttl, exc.message)
+            raise
+        self._remember(doc, now + self.ttl, graph)
+        return graph
+
+    def _remember(self, doc: str, until: float, value: Graph | str) -> None:
+        self._cache[doc] = (until, value)
+        self._cache.move_to_end(doc)
+        while len(self._cache) > self.max_entries:
+            self._cache.popitem(last=False)
+
+    def forget(self, url: str) -> None:
+        self._cache.pop(url.split("#", 1)[0], None)
+
+    async def _fetch(self, doc: str) -> Graph:
+        if self.outbound is None:
+            raise DocumentError(f"Cannot fetch {doc}: remote documents are disabled")
+        from pod.outbound import OutboundError
+
+        try:
+            response = await self.outbound.get(doc, headers={"Accept": ACCEPT}, timeout=5.0)
+        except OutboundError as exc:
+            raise DocumentError(f"Cannot fetch {doc}: {exc}") from None
+        status = getattr(response, "status", 0)
+        if not 200 <= status < 300:
+            raise DocumentError(f"Cannot fetch {doc}: HTTP {status}")
+        media = normalize_media_type(getattr(response, "headers", {}).get("Content-Type")) or "text/turtle"
+        if media not in RDF_MEDIA_TYPES:
+            raise DocumentError(f"Cannot use {doc}: not RDF ({media})")
+        try:
+            return parse_rdf(getattr(response, "body", b""), media, str(getattr(response, "url", doc)))
+        except PodError as exc:
+            raise DocumentError(f"Cannot parse {doc}: {exc.message}") from None
+
+    async def oidc_issuers(self, webid: str) -> set[str]:
+        graph = await self.graph(webid)
+        return {str(o) for o in graph.objects(URIRef(webid), SOLID.oidcIssuer)}
+
+    async def group_members(self, group: str) -> frozenset[str]:
+        """Members of a ``vcard:Group``; an unavailable group has no members (access is not granted)."""
+        try:
+            graph = await self.graph(group)
+        except DocumentError:
+            return frozenset()
+        return frozenset(str(o) for o in graph.objects(URIRef(group), VCARD.hasMember))
