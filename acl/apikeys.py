@@ -31,8 +31,14 @@ class ApiKey:
     label: str = ""
 
     def as_json(self) -> dict[str, object]:
-        return {"id": self.id, "pod": self.pod, "agent": self.agent, "created": self.created,
-                "revoked": self.revoked, "label": self.label}
+        return {
+            "id": self.id,
+            "pod": self.pod,
+            "agent": self.agent,
+            "created": self.created,
+            "revoked": self.revoked,
+            "label": self.label,
+        }
 
 
 class KeyStorage(Protocol):

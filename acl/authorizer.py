@@ -72,7 +72,8 @@ class Authorizer:
             url = self.locator.url(pod, path)
             if creds.webid is None:
                 raise Unauthorized(
-                    f"Authentication required to {method} {url}", headers={"WWW-Authenticate": WWW_AUTHENTICATE}
+                    f"Authentication required to {method} {url}",
+                    headers={"WWW-Authenticate": WWW_AUTHENTICATE},
                 )
             needed = ", ".join(sorted({m.value for r in reqs for m in r.modes}))
             raise Forbidden(f"{creds.webid} lacks {needed} access to {url}")

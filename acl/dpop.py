@@ -23,8 +23,8 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import jwt
-from jwt.types import Options
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
+from jwt.types import Options
 
 from ldp.errors import Unauthorized
 

@@ -22,10 +22,10 @@ The rules, quoted from the WAC specification (Editor's Draft, §4.3):
 from __future__ import annotations
 
 from dataclasses import dataclass
-from enum import Enum
+from enum import StrEnum
 
 
-class Mode(str, Enum):
+class Mode(StrEnum):
     READ = "read"
     WRITE = "write"
     APPEND = "append"

@@ -50,7 +50,9 @@ def parse_acl(graph: Graph, path: str) -> ParsedAcl:
     auths: list[Authorization] = []
     subjects = set(graph.subjects(RDF.type, ACL.Authorization))
     for node in subjects:
-        modes = {_MODE_OF[m] for m in graph.objects(node, ACL.mode) if m in _MODE_OF}
+        modes = {
+            _MODE_OF[m] for m in graph.objects(node, ACL.mode) if isinstance(m, URIRef) and m in _MODE_OF
+        }
         if Mode.WRITE in modes:
             modes.add(Mode.APPEND)
 
@@ -156,7 +158,12 @@ class Wac:
                     continue
                 if auth.modes <= granted:
                     continue
-                if auth.origins and (origin is None or origin.rstrip("/") not in auth.origins):
+                # WAC §"Web Application Authorization" applies "when an HTTP request includes the
+                # Origin header": an authorization naming origins then grants only to those. A
+                # request without Origin does not come from a browser app and is not restricted.
+                # Authorizations naming no origin grant to any origin: requiring acl:origin on
+                # every grant would lock every browser app out of pods with the default ACLs.
+                if auth.origins and origin is not None and origin.rstrip("/") not in auth.origins:
                     continue
                 if await self._matches(auth, webid):
                     granted |= auth.modes

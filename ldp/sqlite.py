@@ -345,7 +345,8 @@ class SqliteAccessor:
     async def insert_key(self, key: ApiKey, secret_hash: str) -> None:
         await self._run(
             lambda conn: conn.execute(
-                "INSERT INTO api_keys(id, pod, agent, secret_hash, label, created, revoked) VALUES (?,?,?,?,?,?,0)",
+                "INSERT INTO api_keys(id, pod, agent, secret_hash, label, created, revoked)"
+                " VALUES (?, ?, ?, ?, ?, ?, 0)",
                 (key.id, key.pod, key.agent, secret_hash, key.label, key.created),
             )
         )
@@ -353,7 +354,10 @@ class SqliteAccessor:
     async def key_record(self, key_id: str) -> tuple[ApiKey, str] | None:
         row = (
             self._read()
-            .execute("SELECT id, pod, agent, created, revoked, label, secret_hash FROM api_keys WHERE id=?", (key_id,))
+            .execute(
+                "SELECT id, pod, agent, created, revoked, label, secret_hash FROM api_keys WHERE id=?",
+                (key_id,),
+            )
             .fetchone()
         )
         return None if row is None else (ApiKey(row[0], row[1], row[2], row[3], bool(row[4]), row[5]), row[6])
@@ -362,7 +366,8 @@ class SqliteAccessor:
         rows = (
             self._read()
             .execute(
-                "SELECT id, pod, agent, created, revoked, label FROM api_keys WHERE pod=? ORDER BY created", (pod,)
+                "SELECT id, pod, agent, created, revoked, label FROM api_keys WHERE pod=? ORDER BY created",
+                (pod,),
             )
             .fetchall()
         )

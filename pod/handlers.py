@@ -17,11 +17,11 @@ from ldp.errors import BadRequest, MethodNotAllowed, NotAcceptable, NotFound, Po
 from ldp.headers import STORAGE_DESCRIPTION_PATH, http_date, resource_headers
 from ldp.identifiers import PodLocator, Target, is_container
 from ldp.listing import stream_listing
+from ldp.patch import parse_patch
 from ldp.preconditions import check_read, etag, not_modified
 from ldp.rdf import is_rdf_type, normalize_media_type
 from ldp.store import Conditions, ResourceStore
 from ldp.vocab import LDP
-from ldp.patch import parse_patch
 from pod.state import AUTHENTICATOR, AUTHORIZER, CREDENTIALS, LOCATOR, PARSED_PATCH, PERMISSIONS, STORE
 
 _LINK_RE = re.compile(r'<([^>]*)>\s*;\s*rel\s*=\s*"?([^",;]+)"?')

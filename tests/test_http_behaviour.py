@@ -173,7 +173,9 @@ async def test_oidc_issuer_in_profile(make_client: Any) -> None:
 
 async def test_subdomain_mode(make_client: Any) -> None:
     client = await make_client(
-        as_agent="https://alice.pods.example/profile/card#me", base_url="https://pods.example/", url_mode="subdomain"
+        as_agent="https://alice.pods.example/profile/card#me",
+        base_url="https://pods.example/",
+        url_mode="subdomain",
     )
     response = await client.get("/profile/card", headers={"Host": "alice.pods.example"})
     assert response.status == 200

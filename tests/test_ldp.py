@@ -294,7 +294,8 @@ CASES = [
         NOTE,
         expect_headers={"Location": f"{POD}a/b/c.ttl"},
         then=("GET", "/alice/a/b/", 200),
-        then_graph=f"<> a <{LDP}Container>, <{LDP}BasicContainer>, <{LDP}Resource>; <{LDP}contains> <c.ttl> .",
+        then_graph=f"<> a <{LDP}Container>, <{LDP}BasicContainer>, <{LDP}Resource>;"
+        f" <{LDP}contains> <c.ttl> .",
     ),
     Case(
         "put replaces",
