@@ -1,0 +1,270 @@
+"""Parsing and serialising RDF representations.
+
+Every RDF resource is one graph of triples; the media types below are the representations the server
+reads and writes. Client input is untrusted, so parsing is strict about what it lets through:
+
+- JSON-LD goes through :mod:`ldp.jsonld` (bundled contexts only) and never through rdflib's own
+  JSON-LD parser, which would dereference remote ``@context`` URLs.
+- A resource is a single graph: named graphs are refused, as are N3 formulae, variables and other
+  N3 extensions that are not RDF (a literal as subject, for instance).
+- IRIs and literals must survive a round trip: an IRI with a space or a lone UTF-16 surrogate would
+  be stored fine and then break every later serialisation of the resource.
+
+Failures raise ``BadRequest`` with a one-line message meant for the client.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+import rdflib
+from rdflib import BNode, Literal, URIRef
+from rdflib.graph import QuotedGraph
+from rdflib.namespace import DCTERMS, FOAF, RDF, RDFS, XSD
+from rdflib.plugins.parsers.notation3 import BadSyntax
+from rdflib.term import Node, Variable
+
+from ldp.errors import BadRequest, NotAcceptable, UnsupportedMediaType
+from ldp.jsonld import jsonld_to_dataset
+from ldp.vocab import ACL, AS, LDP, PIM, SOLID, VCARD
+
+__all__ = [
+    "RDF_MEDIA_TYPES",
+    "is_rdf_type",
+    "new_graph",
+    "normalize_media_type",
+    "one_line",
+    "parse_rdf",
+    "serialize_rdf",
+    "term_problem",
+]
+
+RDF_MEDIA_TYPES: tuple[str, ...] = ("text/turtle", "application/ld+json", "application/n-triples", "text/n3")
+
+# rdflib parser / serializer plugin names per media type (JSON-LD is handled separately).
+_RDFLIB_PARSERS = {"text/turtle": "turtle", "application/n-triples": "nt", "text/n3": "n3"}
+_RDFLIB_SERIALIZERS = {
+    "text/turtle": "turtle",
+    "text/n3": "turtle",  # Turtle is a subset of N3, and a graph of triples needs nothing more.
+    "application/n-triples": "nt",
+    "application/ld+json": "json-ld",
+}
+
+# Prefixes bound for Turtle output; the serialiser only declares those the graph actually uses.
+_PREFIXES: tuple[tuple[str, URIRef], ...] = tuple(
+    (prefix, URIRef(str(ns)))
+    for prefix, ns in (
+        ("rdf", RDF),
+        ("rdfs", RDFS),
+        ("ldp", LDP),
+        ("solid", SOLID),
+        ("pim", PIM),
+        ("acl", ACL),
+        ("foaf", FOAF),
+        ("dcterms", DCTERMS),
+        ("xsd", XSD),
+        ("as", AS),
+        ("vcard", VCARD),
+    )
+)
+
+_MAX_MESSAGE = 300
+
+# What an IRI may not contain (RFC 3987 / the Turtle IRIREF production): controls, space, <>"{}|^`\
+_BAD_IRI = re.compile(r'[\x00-\x20<>"{}|^`\\]')
+# A lone surrogate cannot be encoded as UTF-8; JSON and the RDF syntaxes can express one by escape.
+_SURROGATE = re.compile("[\ud800-\udfff]")
+_XSD_STRING = str(XSD.string)
+
+
+def new_graph() -> rdflib.Graph:
+    """An empty graph without rdflib's default prefix table.
+
+    By default rdflib binds some thirty prefixes into every graph's namespace manager, which costs
+    more than parsing a small document; prefixes matter only for Turtle output, which binds its own.
+    """
+    return rdflib.Graph(bind_namespaces="none")
+
+
+def normalize_media_type(content_type: str | None) -> str | None:
+    """Return the lower-cased ``type/subtype`` of a Content-Type value, without parameters.
+
+    ``None`` for a missing or empty header.
+    """
+    if not content_type:
+        return None
+    media_type = content_type.split(";", 1)[0].strip().lower()
+    return media_type or None
+
+
+def is_rdf_type(media_type: str | None) -> bool:
+    """Whether the server reads and writes ``media_type`` (already normalised) as RDF."""
+    return media_type in RDF_MEDIA_TYPES
+
+
+def one_line(message: str) -> str:
+    """Make ``message`` safe to show a client: one line, bounded, and encodable as UTF-8."""
+    message = message.encode("utf-8", "backslashreplace").decode("utf-8")
+    return " ".join(message.split())[:_MAX_MESSAGE]
+
+
+def _invalid(media_type: str, detail: str) -> BadRequest:
+    return BadRequest(one_line(f"Invalid {media_type}: {detail}"))
+
+
+def _parser_message(exc: Exception) -> str:
+    if isinstance(exc, IndexError):  # rdflib's Turtle/N3 parser runs off the end of a truncated input
+        return "unexpected end of input"
+    if isinstance(exc, BadSyntax):
+        # str(BadSyntax) spans several lines and quotes the input; line and reason are what helps.
+        why = getattr(exc, "_why", None)
+        if isinstance(why, str):
+            return f"line {exc.lines + 1}: {why}"
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def parse_rdf(body: bytes, media_type: str, base: str) -> rdflib.Graph:
+    """Parse an RDF representation into a graph of triples.
+
+    ``media_type`` is normalised and one of :data:`RDF_MEDIA_TYPES`; relative IRIs resolve against
+    ``base`` (the resource's URL). Invalid UTF-8, syntax errors, named graphs, N3 formulae and
+    variables raise ``BadRequest``; a media type that is not RDF raises ``UnsupportedMediaType``.
+    """
+    if media_type not in RDF_MEDIA_TYPES:
+        raise UnsupportedMediaType(
+            f"Cannot read {media_type} as RDF; supported: {', '.join(RDF_MEDIA_TYPES)}"
+        )
+    try:
+        # utf-8-sig: tolerate a byte order mark, which editors add and the RDF grammars do not allow.
+        text = body.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise _invalid(media_type, f"body is not valid UTF-8 (byte {exc.start})") from None
+
+    if media_type == "application/ld+json":
+        graph = _parse_jsonld(text, base)
+    else:
+        graph = new_graph()
+        try:
+            graph.parse(data=text, format=_RDFLIB_PARSERS[media_type], publicID=base)
+        except Exception as exc:  # rdflib's parsers raise many types; all mean the input is bad
+            raise _invalid(media_type, _parser_message(exc)) from None
+    _check_terms(graph, media_type)
+    return graph
+
+
+def _parse_jsonld(text: str, base: str) -> rdflib.Graph:
+    try:
+        doc = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise _invalid("application/ld+json", f"not valid JSON: {exc}") from None
+    except RecursionError:
+        raise _invalid("application/ld+json", "document is nested too deeply") from None
+    dataset = jsonld_to_dataset(doc, base)
+    for name, triples in dataset.items():
+        if name != "@default" and triples:
+            raise _invalid("application/ld+json", f"named graphs are not supported (found graph {name})")
+    graph = new_graph()
+    bnodes: dict[str, BNode] = {}
+    try:
+        graph += [
+            (
+                _jsonld_term(t["subject"], bnodes),
+                _jsonld_term(t["predicate"], bnodes),
+                _jsonld_term(t["object"], bnodes),
+            )
+            for t in dataset.get("@default", ())
+        ]
+    except ValueError as exc:  # rdflib refuses some terms pyld lets through, e.g. malformed language tags
+        raise _invalid("application/ld+json", str(exc)) from None
+    return graph
+
+
+def _jsonld_term(term: dict[str, Any], bnodes: dict[str, BNode]) -> Node:
+    kind = term["type"]
+    value: str = term["value"]
+    if kind == "IRI":
+        return URIRef(value)
+    if kind == "blank node":
+        # Labels are local to this document: map each to a fresh node, as rdflib's parsers do.
+        node = bnodes.get(value)
+        if node is None:
+            node = bnodes[value] = BNode()
+        return node
+    language = term.get("language")
+    if language:
+        return Literal(value, lang=language)
+    datatype = term.get("datatype")
+    if datatype is None or datatype == _XSD_STRING:
+        return Literal(value)
+    return Literal(value, datatype=URIRef(datatype))
+
+
+def _check_terms(graph: rdflib.Graph, media_type: str) -> None:
+    """Refuse what parsed but is not storable RDF.
+
+    N3 is a superset of RDF: formulae (``{ ... }``), variables (``?x``) and literal subjects parse,
+    but a resource is data, not rules. Every format must yield terms that serialise again.
+    """
+    for triple in graph:
+        for position, term in zip(_POSITIONS, triple, strict=True):
+            problem = term_problem(term, position)
+            if problem is not None:
+                raise _invalid(media_type, problem)
+
+
+_POSITIONS = ("subject", "predicate", "object")
+_ALLOWED: dict[str, tuple[type, ...]] = {
+    "subject": (URIRef, BNode),
+    "predicate": (URIRef,),
+    "object": (URIRef, BNode, Literal),
+}
+
+
+def term_problem(term: object, position: str) -> str | None:
+    """Why ``term`` cannot stand at ``position`` ("subject", "predicate" or "object") of a stored
+    RDF triple, or ``None`` if it can.
+
+    Shared by parsing and by PATCH, so a patch cannot store what a PUT would have refused.
+    """
+    if isinstance(term, URIRef):
+        if _BAD_IRI.search(term) or _SURROGATE.search(term):
+            return f"invalid IRI <{one_line(term)}>"
+    elif isinstance(term, QuotedGraph):
+        return "N3 formulae ({ ... }) are not allowed in RDF data"
+    elif isinstance(term, Variable):
+        return f"N3 variables (?{term!s}) are not allowed in RDF data"
+    elif isinstance(term, Literal) and _SURROGATE.search(term):
+        return "literal contains an unpaired UTF-16 surrogate escape"
+    if not isinstance(term, _ALLOWED[position]):
+        shown = term.n3() if isinstance(term, Node) else repr(term)
+        return f"{shown} cannot be the {position} of a triple"
+    return None
+
+
+def _bind_prefixes(graph: rdflib.Graph) -> None:
+    manager = graph.namespace_manager
+    for prefix, namespace in _PREFIXES:
+        if manager.store.namespace(prefix) != namespace:
+            manager.bind(prefix, namespace, override=True, replace=True)
+
+
+def serialize_rdf(graph: rdflib.Graph, media_type: str, base: str | None = None) -> bytes:
+    """Serialise ``graph`` as ``media_type`` (one of :data:`RDF_MEDIA_TYPES`), encoded as UTF-8.
+
+    Every IRI is written absolute, so a representation means the same wherever it is copied to or
+    whatever URL it was fetched from; ``base`` is accepted for symmetry with :func:`parse_rdf` and
+    does not relativise anything. Turtle output declares the usual Solid prefixes that it uses,
+    which binds them on ``graph``'s namespace manager (prefixes never change the triples). JSON-LD
+    output is in expanded form: no context, so no client ever has to fetch one.
+    """
+    fmt = _RDFLIB_SERIALIZERS.get(media_type)
+    if fmt is None:
+        raise NotAcceptable(f"Cannot serialise RDF as {media_type}; available: {', '.join(RDF_MEDIA_TYPES)}")
+    if fmt == "turtle":
+        _bind_prefixes(graph)
+    # base=None and an unset graph.base keep rdflib from emitting @base and relative IRIs.
+    data: bytes = graph.serialize(format=fmt, encoding="utf-8")
+    return data

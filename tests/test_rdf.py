@@ -1,0 +1,417 @@
+"""RDF parsing and serialisation, bundled JSON-LD contexts, and content negotiation."""
+
+from __future__ import annotations
+
+import json
+import socket
+import urllib.request
+from typing import Any
+
+import pytest
+import rdflib
+from rdflib import Literal, URIRef
+from rdflib.compare import isomorphic
+
+from ldp import jsonld
+from ldp.conneg import accepts, choose_rdf_type, parse_accept
+from ldp.errors import BadRequest, NotAcceptable, UnsupportedMediaType
+from ldp.rdf import RDF_MEDIA_TYPES, is_rdf_type, normalize_media_type, parse_rdf, serialize_rdf
+from ldp.vocab import AS, LDP
+
+RDF = rdflib.RDF
+
+BASE = "https://alice.example/notes/note1"
+EV = "https://w3id.org/solid-pod/events#"
+
+
+@pytest.fixture(autouse=True)
+def no_network(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Fail loudly if anything here tries to open a connection or resolve a host name."""
+    attempts: list[str] = []
+
+    def refuse(*args: Any, **kwargs: Any) -> Any:
+        attempts.append(repr(args))
+        raise AssertionError(f"network access attempted: {args!r}")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    monkeypatch.setattr(socket, "getaddrinfo", refuse)
+    monkeypatch.setattr(urllib.request, "urlopen", refuse)
+    return attempts
+
+
+TURTLE = b"""@prefix ldp: <http://www.w3.org/ns/ldp#> .
+@prefix foaf: <http://xmlns.com/foaf/0.1/> .
+<> a ldp:Resource ; foaf:name "Note one"@en ; foaf:maker <../profile/card#me> ;
+   foaf:age 42 ; foaf:topic [ foaf:name "nested" ] .
+<#section> foaf:name "caf\xc3\xa9 \\u2713" .
+"""
+
+NTRIPLES = b"""<https://alice.example/notes/note1> <http://xmlns.com/foaf/0.1/name> "N" .
+_:b <http://xmlns.com/foaf/0.1/knows> <https://alice.example/notes/note1> .
+"""
+
+N3_DATA = b"""@prefix foaf: <http://xmlns.com/foaf/0.1/> .
+<#me> foaf:name "Me"; foaf:knows [ foaf:name "You" ] .
+"""
+
+JSONLD = json.dumps(
+    {
+        "@context": {"foaf": "http://xmlns.com/foaf/0.1/", "knows": {"@id": "foaf:knows", "@type": "@id"}},
+        "@id": "",
+        "foaf:name": {"@value": "Note", "@language": "en"},
+        "knows": "#friend",
+        "foaf:age": 3,
+        "foaf:topic": {"foaf:name": "blank"},
+    }
+).encode()
+
+
+def expected_turtle_graph() -> rdflib.Graph:
+    g = rdflib.Graph()
+    g.parse(data=TURTLE.decode(), format="turtle", publicID=BASE)
+    return g
+
+
+# --- media types -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("header", "expected"),
+    [
+        (None, None),
+        ("", None),
+        ("text/turtle", "text/turtle"),
+        ("Text/Turtle; charset=UTF-8", "text/turtle"),
+        ('application/ld+json;profile="http://www.w3.org/ns/json-ld#compacted"', "application/ld+json"),
+        ("  image/PNG ", "image/png"),
+        (";charset=utf-8", None),
+    ],
+)
+def test_normalize_media_type(header: str | None, expected: str | None) -> None:
+    assert normalize_media_type(header) == expected
+
+
+@pytest.mark.parametrize(
+    ("media_type", "expected"),
+    [*((t, True) for t in RDF_MEDIA_TYPES), ("application/json", False), ("image/png", False), (None, False)],
+)
+def test_is_rdf_type(media_type: str | None, expected: bool) -> None:
+    assert is_rdf_type(media_type) is expected
+
+
+# --- parsing and round trips -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("body", "media_type"),
+    [
+        (TURTLE, "text/turtle"),
+        (NTRIPLES, "application/n-triples"),
+        (N3_DATA, "text/n3"),
+        (JSONLD, "application/ld+json"),
+    ],
+    ids=["from-turtle", "from-ntriples", "from-n3", "from-jsonld"],
+)
+@pytest.mark.parametrize("output", RDF_MEDIA_TYPES)
+def test_round_trip(body: bytes, media_type: str, output: str) -> None:
+    graph = parse_rdf(body, media_type, BASE)
+    assert len(graph) > 0
+    again = parse_rdf(serialize_rdf(graph, output, BASE), output, BASE)
+    assert isomorphic(graph, again)
+
+
+def test_turtle_parse_resolves_relative_iris_against_base() -> None:
+    graph = parse_rdf(TURTLE, "text/turtle", BASE)
+    assert isomorphic(graph, expected_turtle_graph())
+    me = URIRef("https://alice.example/profile/card#me")
+    assert (URIRef(BASE), URIRef("http://xmlns.com/foaf/0.1/maker"), me) in graph
+    assert (URIRef(BASE + "#section"), None, Literal("café ✓")) in graph
+
+
+def test_jsonld_parse() -> None:
+    graph = parse_rdf(JSONLD, "application/ld+json", BASE)
+    foaf = rdflib.Namespace("http://xmlns.com/foaf/0.1/")
+    assert (URIRef(BASE), foaf.name, Literal("Note", lang="en")) in graph
+    assert (URIRef(BASE), foaf.knows, URIRef(BASE + "#friend")) in graph
+    assert (URIRef(BASE), foaf.age, Literal(3)) in graph
+    assert len(graph) == 5
+
+
+def test_jsonld_with_bundled_activitystreams_and_event_contexts() -> None:
+    doc = {
+        "@context": ["https://www.w3.org/ns/activitystreams", "https://w3id.org/solid-pod/events/v1"],
+        "id": "https://producer.example/publish/0123456789abcdef0123456789abcdef",
+        "topic": "realestate/contact#add",
+        "recipient": "https://user.example/profile/card#me",
+        "data": {"type": "AddAction", "object": {"type": "Contact", "name": "Bruce Wayne"}},
+        "time": "2024-05-01T12:00:00Z",
+        "timestamp": 1714564800000,
+        "summary": "an ActivityStreams term",
+    }
+    graph = parse_rdf(json.dumps(doc).encode(), "application/ld+json", BASE)
+    event = URIRef(str(doc["id"]))
+    assert (event, URIRef(EV + "topic"), Literal("realestate/contact#add")) in graph
+    assert (event, URIRef(EV + "recipient"), URIRef("https://user.example/profile/card#me")) in graph
+    assert (
+        event,
+        URIRef(EV + "time"),
+        Literal("2024-05-01T12:00:00Z", datatype=rdflib.XSD.dateTime),
+    ) in graph
+    assert (event, AS.summary, Literal("an ActivityStreams term")) in graph
+    (data,) = graph.objects(event, URIRef(EV + "data"))
+    assert isinstance(data, Literal)
+    assert data.datatype == RDF.JSON
+    assert json.loads(str(data)) == doc["data"]
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "https://www.w3.org/ns/activitystreams",
+        "http://www.w3.org/ns/activitystreams",
+        "https://www.w3.org/ns/activitystreams#",
+        "http://www.w3.org/ns/activitystreams.jsonld",
+        "https://www.w3.org/ns/solid/notification/v1",
+        "https://w3id.org/solid-pod/events/v1",
+    ],
+)
+def test_bundled_contexts_load(url: str) -> None:
+    remote = jsonld.document_loader(url)
+    assert remote["documentUrl"] == url
+    assert isinstance(remote["document"]["@context"], dict)
+    # Every bundled URL works as a context end to end.
+    nquads = jsonld.jsonld_to_nquads({"@context": url, "@id": "#x", "@type": "Note"}, BASE)
+    assert nquads.startswith(f"<{BASE}#x> <{RDF.type}>")
+
+
+def test_loader_hands_out_copies() -> None:
+    first = jsonld.document_loader("https://w3id.org/solid-pod/events/v1")
+    first["document"]["@context"]["topic"] = "tampered"
+    second = jsonld.document_loader("https://w3id.org/solid-pod/events/v1")
+    assert second["document"]["@context"]["topic"] == "ev:topic"
+
+
+def test_index_matches_files() -> None:
+    index = json.loads((jsonld.CONTEXTS_DIR / "index.json").read_text())
+    assert set(index) == jsonld.bundled_context_urls()
+    for name in set(index.values()):
+        assert "@context" in json.loads((jsonld.CONTEXTS_DIR / name).read_text())
+
+
+@pytest.mark.parametrize(
+    ("doc", "url"),
+    [
+        (
+            {"@context": "https://evil.example/context.jsonld", "name": "x"},
+            "https://evil.example/context.jsonld",
+        ),
+        (
+            {"@context": ["https://www.w3.org/ns/activitystreams", "http://10.0.0.1/ctx"]},
+            "http://10.0.0.1/ctx",
+        ),
+        (
+            {"@context": {"@import": "https://evil.example/import"}, "@id": "#a"},
+            "https://evil.example/import",
+        ),
+        ({"@context": "other.jsonld", "@id": "#a"}, "https://alice.example/notes/other.jsonld"),
+        (
+            {
+                "@context": {"p": {"@id": "http://ex/p", "@context": "https://evil.example/scoped"}},
+                "p": {"a": 1},
+            },
+            "https://evil.example/scoped",
+        ),
+    ],
+)
+def test_remote_context_refused_without_network(doc: Any, url: str, no_network: list[str]) -> None:
+    message = f"Remote JSON-LD context not allowed: {url}"
+    with pytest.raises(BadRequest) as excinfo:
+        jsonld.jsonld_to_nquads(doc, BASE)
+    assert excinfo.value.message == message
+    with pytest.raises(BadRequest) as excinfo:
+        parse_rdf(json.dumps(doc).encode(), "application/ld+json", BASE)
+    assert excinfo.value.message == message
+    with pytest.raises(BadRequest):
+        jsonld.document_loader(url)
+    assert no_network == []
+
+
+@pytest.mark.parametrize(
+    ("body", "media_type", "message"),
+    [
+        (b"\xff\xfe<a> <b> <c> .", "text/turtle", "Invalid text/turtle: body is not valid UTF-8"),
+        (b"<a> <b> .", "text/turtle", "Invalid text/turtle: line 1:"),
+        (
+            b"@prefix ex: <http://ex/> .\nex:a ex:b ex:c ;\nex:d",
+            "text/turtle",
+            "Invalid text/turtle: unexpected end",
+        ),
+        (
+            b"@prefix ex: <http://ex/> .\nex:a ex:b ex:c ;\nex:d .",
+            "text/turtle",
+            "Invalid text/turtle: line 3:",
+        ),
+        (b"ex:a ex:b ex:c .", "text/turtle", "Invalid text/turtle:"),
+        (b'<http://a> <http://b> "c .\n', "application/n-triples", "Invalid application/n-triples:"),
+        (b"<a> <http://b> <http://c> .\n", "application/n-triples", "Invalid application/n-triples:"),
+        (b"<http://a b> <http://p> <http://o> .", "text/turtle", "Invalid text/turtle: invalid IRI"),
+        (b'<http://a> <http://p> "\\uD800" .', "text/turtle", "unpaired UTF-16 surrogate"),
+        (b"{ ?x <http://p> ?y } => { ?y <http://p> ?x } .", "text/n3", "N3 formulae"),
+        (b"<http://s> <http://p> ?x .", "text/n3", "N3 variables (?x)"),
+        (b'"literal" <http://p> <http://o> .', "text/n3", "cannot be the subject"),
+        (b"{bad json", "application/ld+json", "Invalid application/ld+json: not valid JSON"),
+        (b'"just a string"', "application/ld+json", "must be a JSON object or array"),
+        (b'{"@context": 5}', "application/ld+json", "Invalid application/ld+json: Invalid JSON-LD syntax"),
+        (b"[" * 100_000, "application/ld+json", "Invalid application/ld+json:"),
+        (
+            b'{"@id": "http://a", "http://p": "\\ud800"}',
+            "application/ld+json",
+            "unpaired UTF-16 surrogate",
+        ),
+        (
+            b'{"@id": "http://a", "http://p": {"@value": "x", "@language": "not a tag!"}}',
+            "application/ld+json",
+            "not a valid language tag",
+        ),
+        (
+            b'{"@id": "http://g", "@graph": [{"@id": "http://s", "http://p": "o"}]}',
+            "application/ld+json",
+            "named graphs are not supported",
+        ),
+    ],
+)
+def test_invalid_input(body: bytes, media_type: str, message: str) -> None:
+    with pytest.raises(BadRequest) as excinfo:
+        parse_rdf(body, media_type, BASE)
+    assert excinfo.value.message.startswith(message) or message in excinfo.value.message
+    assert "\n" not in excinfo.value.message
+    assert len(excinfo.value.message) <= 300
+
+
+def test_parse_refuses_non_rdf_media_type() -> None:
+    with pytest.raises(UnsupportedMediaType):
+        parse_rdf(b"{}", "application/json", BASE)
+
+
+# --- serialisation -----------------------------------------------------------------------------------
+
+
+def test_turtle_output_is_absolute_with_prefixes() -> None:
+    graph = parse_rdf(TURTLE, "text/turtle", BASE)
+    text = serialize_rdf(graph, "text/turtle", BASE).decode()
+    assert "@base" not in text
+    assert "<#" not in text and "<>" not in text
+    assert f"<{BASE}>" in text
+    assert "@prefix ldp: <http://www.w3.org/ns/ldp#> ." in text
+    assert "ldp:Resource" in text
+    # Only prefixes that are used are declared.
+    assert "@prefix acl:" not in text
+
+
+def test_n3_output_is_turtle() -> None:
+    graph = parse_rdf(TURTLE, "text/turtle", BASE)
+    assert serialize_rdf(graph, "text/n3") == serialize_rdf(graph, "text/turtle")
+
+
+def test_jsonld_output_is_expanded_without_context() -> None:
+    graph = rdflib.Graph()
+    graph.add((URIRef(BASE), RDF.type, LDP.Resource))
+    doc = json.loads(serialize_rdf(graph, "application/ld+json"))
+    assert isinstance(doc, list)
+    assert "@context" not in json.dumps(doc)
+    assert doc[0]["@id"] == BASE
+    assert doc[0]["@type"] == [str(LDP.Resource)]
+
+
+def test_ntriples_output_is_utf8() -> None:
+    graph = rdflib.Graph()
+    graph.add((URIRef(BASE), RDF.value, Literal("café")))
+    assert serialize_rdf(graph, "application/n-triples") == f'<{BASE}> <{RDF.value}> "café" .\n'.encode()
+
+
+def test_serialize_unknown_type() -> None:
+    with pytest.raises(NotAcceptable):
+        serialize_rdf(rdflib.Graph(), "text/html")
+
+
+# --- content negotiation -----------------------------------------------------------------------------
+
+ALL = "text/turtle, application/ld+json, application/n-triples, text/n3"
+
+
+@pytest.mark.parametrize(
+    ("accept", "stored", "expected"),
+    [
+        (None, None, "text/turtle"),
+        ("", None, "text/turtle"),
+        ("*/*", None, "text/turtle"),
+        ("*/*", "application/ld+json", "text/turtle"),
+        ("text/*", None, "text/turtle"),
+        ("text/turtle", None, "text/turtle"),
+        ("application/ld+json", None, "application/ld+json"),
+        ("application/n-triples", None, "application/n-triples"),
+        ("text/n3", None, "text/n3"),
+        ("application/json", None, "application/ld+json"),
+        ("application/json, text/turtle", None, "text/turtle"),
+        ("application/json;q=0.9, */*", None, "text/turtle"),
+        ("application/json, */*;q=0.8", None, "application/ld+json"),
+        ("application/*", None, "application/ld+json"),
+        ("application/ld+json;q=0.5, text/turtle;q=0.4", None, "application/ld+json"),
+        ("application/ld+json;q=0.4, text/turtle;q=0.5", None, "text/turtle"),
+        ("text/turtle;q=0, */*", None, "application/ld+json"),
+        ("text/turtle, application/ld+json", None, "text/turtle"),
+        ("text/turtle, application/ld+json", "application/ld+json", "application/ld+json"),
+        ("text/n3, text/turtle", None, "text/turtle"),
+        ("text/html, */*;q=0.1", None, "text/turtle"),
+        ("text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8", None, "text/turtle"),
+        ('application/ld+json;profile="http://www.w3.org/ns/json-ld#expanded"', None, "application/ld+json"),
+        ("TEXT/TURTLE", None, "text/turtle"),
+        ("text/turtle;q=abc, application/ld+json", None, "application/ld+json"),
+        ("garbage", None, "text/turtle"),
+    ],
+)
+def test_choose_rdf_type(accept: str | None, stored: str | None, expected: str) -> None:
+    assert choose_rdf_type(accept, stored) == expected
+
+
+@pytest.mark.parametrize(
+    "accept",
+    [
+        "text/html",
+        "image/png, application/xml",
+        "text/turtle;q=0, application/ld+json;q=0, text/n3;q=0, */*;q=0",
+    ],
+)
+def test_choose_rdf_type_not_acceptable(accept: str) -> None:
+    with pytest.raises(NotAcceptable) as excinfo:
+        choose_rdf_type(accept)
+    assert excinfo.value.message == f"No acceptable representation for Accept: {accept}; available: {ALL}"
+
+
+def test_parse_accept_orders_by_q_then_specificity() -> None:
+    assert parse_accept("*/*;q=0.1, text/*, application/json;q=0, text/turtle, bogus") == [
+        ("text/turtle", 1.0),
+        ("text/*", 1.0),
+        ("*/*", 0.1),
+        ("application/json", 0.0),
+    ]
+    assert parse_accept(None) == []
+
+
+@pytest.mark.parametrize(
+    ("accept", "media_type", "expected"),
+    [
+        (None, "image/png", True),
+        ("*/*", "image/png", True),
+        ("image/*", "image/png", True),
+        ("image/png", "image/png", True),
+        ("image/png;q=0, */*", "image/png", False),
+        ("text/turtle", "image/png", False),
+        ("image/*;q=0, image/png", "image/png", True),
+        ("application/json", "application/ld+json", True),
+        ("text/plain", "text/plain; charset=utf-8", True),
+    ],
+)
+def test_accepts(accept: str | None, media_type: str, expected: bool) -> None:
+    assert accepts(accept, media_type) is expected
