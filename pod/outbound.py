@@ -520,18 +520,19 @@ class OutboundClient:
                     )
             except OutboundError:
                 raise
-            except aiohttp.ClientConnectorDNSError:
-                raise OutboundError(f"cannot resolve host of {_origin(url)}") from None
-            except (aiohttp.ClientConnectorCertificateError, aiohttp.ClientSSLError):
-                raise OutboundError(f"TLS failure talking to {_origin(url)}") from None
+            # The cause stays chained for the log's traceback; callers only ever see OutboundError.
+            except aiohttp.ClientConnectorDNSError as exc:
+                raise OutboundError(f"cannot resolve host of {_origin(url)}") from exc
+            except (aiohttp.ClientConnectorCertificateError, aiohttp.ClientSSLError) as exc:
+                raise OutboundError(f"TLS failure talking to {_origin(url)}") from exc
             except aiohttp.ClientConnectorError as exc:
                 refused = _refused_connect(exc)
                 if refused is not None:
-                    raise BlockedAddress(f"refused host {url.raw_host}: {refused}") from None
+                    raise BlockedAddress(f"refused host {url.raw_host}: {refused}") from exc
                 why = (exc.os_error.strerror or str(exc.os_error) or "connection failed").lower()
-                raise OutboundError(f"cannot connect to {_origin(url)}: {why}") from None
+                raise OutboundError(f"cannot connect to {_origin(url)}: {why}") from exc
             except (aiohttp.ClientError, OSError, ValueError) as exc:
-                raise OutboundError(f"request to {_origin(url)} failed: {_describe(exc)}") from None
+                raise OutboundError(f"request to {_origin(url)} failed: {_describe(exc)}") from exc
 
     def _redirect_target(self, current: URL, location: str) -> URL:
         """Resolve and check a Location; RFC 9110 §10.2.2: a target without fragment inherits ours."""
