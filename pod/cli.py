@@ -110,26 +110,30 @@ def serve(config: Config) -> None:
     from aiohttp import web
 
     from pod.app import create_app
+    from pod.state import STORE
 
     logging.basicConfig(
         level=config.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     locator = config.locator()
-    base = config.effective_base_url
+    lines: list[str] = []
 
-    async def announce(app: web.Application) -> None:
-        print(
-            f"Solid pod server listening on http://{config.host}:{config.port}/ (base URL {base})", flush=True
+    async def collect(app: web.Application) -> None:
+        lines.append(
+            f"Solid pod server listening on http://{config.host}:{config.port}/"
+            f" (base URL {config.effective_base_url})"
         )
         for name in await app[STORE].accessor.pods():
-            print(f"  pod {name}: {locator.pod_root(name)}  WebID {locator.webid(name)}", flush=True)
+            lines.append(f"  pod {name}: {locator.pod_root(name)}  WebID {locator.webid(name)}")
 
-    from pod.state import STORE
+    def announce(_: str) -> None:
+        # run_app calls this once the socket is bound, so the URLs printed are ready to use.
+        print("\n".join(lines), flush=True)
 
     app = create_app(config)
-    app.on_startup.append(announce)
+    app.on_startup.append(collect)
     access_log = logging.getLogger("aiohttp.access") if config.log_level == "debug" else None
-    web.run_app(app, host=config.host, port=config.port, access_log=access_log, print=None)
+    web.run_app(app, host=config.host, port=config.port, access_log=access_log, print=announce)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

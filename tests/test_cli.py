@@ -99,7 +99,7 @@ def test_serve_creates_demo_pod_and_cli_works_alongside(tmp_path: Path) -> None:
         while time.monotonic() < deadline:
             line = server.stdout.readline()
             lines.append(line)
-            if "WebID" in line:
+            if line.startswith("  pod demo:"):  # printed once the server accepts connections
                 break
         assert any(f"http://127.0.0.1:{port}/demo/profile/card#me" in line for line in lines), lines
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/demo/profile/card") as response:
