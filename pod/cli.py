@@ -15,9 +15,10 @@ import sys
 from collections.abc import Sequence
 from typing import Any, NoReturn
 
-from ldp.errors import PodError
+from acl.apikeys import ApiKeys
+from ldp.errors import NotFound, PodError
 from ldp.sqlite import SqliteAccessor
-from pod.config import LOG_LEVELS, Config, ConfigError, load_config
+from pod.config import CONFIG_FIELDS, LOG_LEVELS, Config, ConfigError, load_config
 from pod.pods import check_pod_name, create_pod, pod_info
 
 
@@ -73,22 +74,63 @@ def build_parser() -> argparse.ArgumentParser:
     listing = sub.add_parser("list", help="list the pods")
     listing.add_argument("--json", action="store_true", help="print a JSON array")
     _common(listing)
+    key = sub.add_parser("key", help="manage the API keys apps use to act in a pod")
+    key_sub = key.add_subparsers(dest="key_command", required=True, parser_class=_Parser)
+    key_create = key_sub.add_parser("create", help="mint a key for an app; the key is printed once")
+    key_create.add_argument("pod")
+    key_create.add_argument("--agent", required=True, metavar="WEBID", help="the app's WebID")
+    key_create.add_argument("--label", default="", help="a note to recognise the key by")
+    key_create.add_argument("--json", action="store_true")
+    key_list = key_sub.add_parser("list", help="list a pod's keys (not their secrets)")
+    key_list.add_argument("pod")
+    key_list.add_argument("--json", action="store_true")
+    key_revoke = key_sub.add_parser("revoke", help="revoke a key by its id")
+    key_revoke.add_argument("pod")
+    key_revoke.add_argument("id")
+    for p in (key_create, key_list, key_revoke):
+        _common(p)
     return parser
 
 
 def _config(args: argparse.Namespace) -> Config:
-    cli: dict[str, Any] = {
-        k: v for k, v in vars(args).items() if k not in ("command", "config", "name", "json")
-    }
+    cli: dict[str, Any] = {k: v for k, v in vars(args).items() if k in CONFIG_FIELDS}
     return load_config(cli, config_file=args.config)
 
 
-async def _with_accessor(config: Config, command: str, args: argparse.Namespace) -> int:
+async def _require_pod(accessor: SqliteAccessor, pod: str) -> None:
+    if not await accessor.pod_exists(pod):
+        raise NotFound(f"No pod named {pod}")
+
+
+async def _key_command(accessor: SqliteAccessor, args: argparse.Namespace) -> int:
+    await _require_pod(accessor, args.pod)
+    keys = ApiKeys(accessor)
+    if args.key_command == "create":
+        key, secret = await keys.create(args.pod, args.agent, args.label)
+        if args.json:
+            print(json.dumps({**key.as_json(), "key": secret}))
+        else:
+            print(f"API key for {key.agent} in pod {key.pod} (id {key.id}); it is shown only once:\n{secret}")
+    elif args.key_command == "list":
+        listed = await keys.list(args.pod)
+        if args.json:
+            print(json.dumps([k.as_json() for k in listed]))
+        for k in [] if args.json else listed:
+            print(f"{k.id}\t{k.agent}\t{'revoked' if k.revoked else 'active'}\t{k.label}")
+    else:
+        await keys.revoke(args.pod, args.id)
+        print(f"Revoked key {args.id}")
+    return 0
+
+
+async def _with_accessor(config: Config, args: argparse.Namespace) -> int:
     accessor = SqliteAccessor(config.database_path)
     await accessor.open()
     try:
         locator = config.locator()
-        if command == "create":
+        if args.command == "key":
+            return await _key_command(accessor, args)
+        if args.command == "create":
             info = await create_pod(accessor, locator, args.name, config.oidc_issuer)
             if args.json:
                 print(json.dumps(info.as_json()))
@@ -148,7 +190,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "serve":
             serve(config)
             return 0
-        return asyncio.run(_with_accessor(config, args.command, args))
+        return asyncio.run(_with_accessor(config, args))
     except ConfigError as exc:
         print(f"pod: error: {exc}", file=sys.stderr)
         return 2

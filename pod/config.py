@@ -58,6 +58,7 @@ class Config:
 
 
 _FIELDS = {f.name: f for f in dataclasses.fields(Config) if f.name != "extra"}
+CONFIG_FIELDS = frozenset(_FIELDS)
 
 
 def _coerce(name: str, value: Any) -> Any:

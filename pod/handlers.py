@@ -22,6 +22,7 @@ from ldp.preconditions import check_read, etag, not_modified
 from ldp.rdf import is_rdf_type, normalize_media_type
 from ldp.store import Conditions, ResourceStore
 from ldp.vocab import LDP
+from pod.keys_api import handle_keys, is_keys_path
 from pod.state import AUTHENTICATOR, AUTHORIZER, CREDENTIALS, LOCATOR, PARSED_PATCH, PERMISSIONS, STORE
 
 _LINK_RE = re.compile(r'<([^>]*)>\s*;\s*rel\s*=\s*"?([^",;]+)"?')
@@ -262,5 +263,7 @@ async def dispatch(request: web.Request) -> web.StreamResponse:
     target = target_of(request)
     if handler is None:
         raise MethodNotAllowed(f"Method {request.method} is not supported")
+    if is_keys_path(target.path):
+        return await handle_keys(request, target)
     await authorize(request, target)
     return await handler(request, target)
