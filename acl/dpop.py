@@ -103,7 +103,7 @@ def jwk_thumbprint(jwk: Mapping[str, Any]) -> str:
     kty = jwk.get("kty")
     members = _THUMBPRINT_MEMBERS.get(kty) if isinstance(kty, str) else None
     if members is None:
-        raise ValueError(f"unsupported kty {_shown(kty)}")
+        raise ValueError(f"unsupported kty {shown(kty)}")
     canonical: dict[str, str] = {}
     for name in members:  # already in lexicographic order
         value = jwk.get(name)
@@ -182,6 +182,23 @@ def _remove_dot_segments(path: str) -> str:
     return result if result.startswith("/") else "/" + result
 
 
+def jose_header(compact: str) -> dict[str, Any]:
+    """The JOSE header of a compact JWS, unverified: what names the key to verify it with.
+
+    Parsed here rather than with ``jwt.get_unverified_header`` because the verifying ``jwt.decode``
+    that follows parses the whole token again; the signature covers this header, so nothing read
+    from it is trusted before that. Raises ``ValueError``.
+    """
+    segment = compact.partition(".")[0]
+    try:
+        header = json.loads(base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4)))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ValueError("the JOSE header is not base64url JSON") from exc
+    if not isinstance(header, dict):
+        raise ValueError("the JOSE header is not a JSON object")
+    return header
+
+
 def load_public_jwk(jwk: Any, alg: str) -> jwt.PyJWK:
     """A verification key for ``alg`` from a JWK, refusing private keys and mismatched key types.
 
@@ -196,9 +213,9 @@ def load_public_jwk(jwk: Any, alg: str) -> jwt.PyJWK:
         raise ValueError(f"contains private key material ({', '.join(sorted(private))})")
     kty, curves = _KEY_SHAPE[alg]
     if jwk.get("kty") != kty:
-        raise ValueError(f"kty {_shown(jwk.get('kty'))} does not fit alg {alg}")
+        raise ValueError(f"kty {shown(jwk.get('kty'))} does not fit alg {alg}")
     if curves is not None and jwk.get("crv") not in curves:
-        raise ValueError(f"crv {_shown(jwk.get('crv'))} does not fit alg {alg}")
+        raise ValueError(f"crv {shown(jwk.get('crv'))} does not fit alg {alg}")
     try:
         key = jwt.PyJWK(jwk, algorithm=alg)
     except jwt.PyJWTError as exc:
@@ -269,20 +286,20 @@ def check_proof(
     if len(proof) > MAX_PROOF_CHARS or not _COMPACT_JWT.fullmatch(proof):
         raise _proof_error("the DPoP header is not a single compact JWT")
     try:
-        header = jwt.get_unverified_header(proof)
-    except jwt.PyJWTError as exc:
+        header = jose_header(proof)
+    except ValueError as exc:
         raise _proof_error("the DPoP header is not a well-formed JWT") from exc
     # Item 4 and §11.5: "Servers accepting signed DPoP proof JWTs MUST verify that the typ field is
     # dpop+jwt". RFC 7515 §4.1.9: typ is a media type, compared without case, "application/" optional.
     typ = header.get("typ")
     if not isinstance(typ, str) or typ.lower().removeprefix("application/") != "dpop+jwt":
-        raise _proof_error(f"typ {_shown(typ)} is not dpop+jwt")
+        raise _proof_error(f"typ {shown(typ)} is not dpop+jwt")
     # Item 5: "The alg JOSE Header Parameter indicates a registered asymmetric digital signature
     # algorithm [IANA.JOSE.ALGS], is not none, is supported by the application, and is acceptable per
     # local policy."
     alg = header.get("alg")
     if not isinstance(alg, str) or alg not in ASYMMETRIC_ALGS:
-        raise _proof_error(f"alg {_shown(alg)} is not an accepted asymmetric algorithm")
+        raise _proof_error(f"alg {shown(alg)} is not an accepted asymmetric algorithm")
     # Item 7, and the jwk must fit the alg.
     jwk = header.get("jwk")
     if not isinstance(jwk, dict):
@@ -312,7 +329,7 @@ def check_proof(
     # Item 8: "The htm claim matches the HTTP method of the current request." Methods are
     # case-sensitive (RFC 9110 §9.1).
     if htm != method:
-        raise _proof_error(f"htm {_shown(htm)} does not match the request method {method}")
+        raise _proof_error(f"htm {shown(htm)} does not match the request method {method}")
     # Item 9, with the normalisation §4.3 recommends.
     try:
         request_htu = normalize_htu(url)
@@ -415,7 +432,7 @@ def _is_number(value: object) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
-def _shown(value: object, limit: int = 100) -> str:
+def shown(value: object, limit: int = 100) -> str:
     """A client-supplied value made safe to echo in a message and a header: printable and short."""
     text = value if isinstance(value, str) else json.dumps(value) if value is not None else "(none)"
     text = "".join(char if char.isprintable() else "?" for char in text[:limit])

@@ -8,13 +8,14 @@ any provider could speak for any WebID. ``DpopVerifier.verify`` runs all three a
 
 Network access is injected: ``fetch_json`` GETs the issuer's discovery document and JWKS (in the server
 it is the outbound client that refuses private addresses and caps size and time), and ``issuers_of``
-reads a WebID profile. Both are cached or cheap to cache, so a warm ``verify`` costs two signature
-checks and no I/O.
+reads a WebID profile. Discovery, JWKS and verified token signatures are cached, so with a warm
+profile cache a request that reuses its access token costs one signature check and no I/O.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import re
 import time
@@ -36,8 +37,8 @@ from acl.dpop import (
     challenge,
     check_proof,
     load_public_jwk,
+    shown,
 )
-from acl.dpop import _shown as shown
 from ldp.errors import Unauthorized
 
 log = logging.getLogger(__name__)
@@ -58,6 +59,7 @@ MAX_ISSUERS_CACHED = 1000
 MAX_JWKS_KEYS = 50
 _COMPACT_JWT = re.compile(r"[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+")
 _DEFAULT_PORTS = {"http": 80, "https": 443}
+_SPACE = re.compile(r"\s")
 
 
 @dataclass(frozen=True)
@@ -88,7 +90,7 @@ def issuer_key(url: str) -> str:
 
 
 def _is_http_url(value: object) -> TypeGuard[str]:
-    if not isinstance(value, str) or any(char.isspace() for char in value):
+    if not isinstance(value, str) or _SPACE.search(value):
         return False
     try:
         parts = urlsplit(value)
@@ -99,6 +101,11 @@ def _is_http_url(value: object) -> TypeGuard[str]:
 
 def _is_number(value: object) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _replayed() -> Unauthorized:
+    message = "DPoP proof: jti has already been used for this URL (replayed proof)"
+    return Unauthorized(message, headers=challenge("invalid_dpop_proof", message))
 
 
 def _token_error(reason: str) -> Unauthorized:
@@ -143,6 +150,35 @@ class _IssuerKeys:
         return found
 
 
+class _VerifiedTokens:
+    """Access tokens whose signature already verified, by SHA-256 of the token, each until a deadline.
+
+    A client sends the same access token with every request for its lifetime, so verifying its
+    signature once is enough; the claims are still checked on every request against the clock and
+    the proof. Bounded, least recently used first out.
+    """
+
+    def __init__(self, max_entries: int = 10_000) -> None:
+        self._max = max_entries
+        self._entries: OrderedDict[bytes, tuple[float, tuple[dict[str, Any], dict[str, Any]]]] = OrderedDict()
+
+    def get(self, key: bytes, now: float) -> tuple[dict[str, Any], dict[str, Any]] | None:
+        entry = self._entries.get(key)
+        if entry is None:
+            return None
+        if entry[0] <= now:
+            del self._entries[key]
+            return None
+        self._entries.move_to_end(key)
+        return entry[1]
+
+    def put(self, key: bytes, value: tuple[dict[str, Any], dict[str, Any]], until: float) -> None:
+        self._entries[key] = (until, value)
+        self._entries.move_to_end(key)
+        while len(self._entries) > self._max:
+            self._entries.popitem(last=False)
+
+
 class DpopVerifier:
     """Verifies Solid-OIDC requests: DPoP proof, access token, issuer trust.
 
@@ -173,13 +209,18 @@ class DpopVerifier:
         self._require_ath = require_ath
         self._proof_keys = ProofKeys()
         self._replay = ReplayCache(replay_max_entries)
+        self._verified = _VerifiedTokens()
         self._issuers: OrderedDict[str, _IssuerKeys] = OrderedDict()
         self._inflight: dict[str, asyncio.Task[_IssuerKeys]] = {}
 
     async def verify(self, *, method: str, url: str, authorization: str, dpop: str | None) -> OidcIdentity:
         """Verify one request. ``url`` is its absolute URL as built from the server's configured base
         URL (query and fragment are ignored); ``dpop`` is the DPoP header value (repeated headers joined
-        with ", ", which is refused). Raises ``Unauthorized`` naming the failed check."""
+        with ", ", which is refused). Raises ``Unauthorized`` naming the failed check.
+
+        Solid-OIDC, DPoP Validation (#dpop-validation): "A DPoP Proof that is valid according to
+        [RFC 9449 §4.3], MUST be present when a DPoP-bound OIDC ID Token is used."
+        """
         token = self._access_token(authorization)
         now = self._clock()
         proof = check_proof(
@@ -194,25 +235,25 @@ class DpopVerifier:
         )
         replay_key = ReplayCache.key(proof.jti, proof.htu)
         if self._replay.seen(replay_key, now):
-            raise Unauthorized(
-                "DPoP proof: jti has already been used for this URL (replayed proof)",
-                headers=challenge("invalid_dpop_proof"),
-            )
+            raise _replayed()
 
-        header, claims = self._unverified(token)
+        token_key = hashlib.sha256(token.encode("ascii")).digest()
+        verified = self._verified.get(token_key, now)
+        header, claims = verified if verified is not None else self._unverified(token)
         alg, kid, issuer, webid = self._check_claims(header, claims, proof.jkt, now)
-        keys = await self._keys_for(issuer, kid, alg)
-        self._check_signature(token, keys, alg, issuer)
+        if verified is None:
+            keys = await self._keys_for(issuer, kid, alg)
+            self._check_signature(token, keys, alg, issuer)
+            # Remembered no longer than the issuer's keys are, so a withdrawn key stops working as
+            # soon as a refetched JWKS would notice.
+            self._verified.put(token_key, (header, claims), min(claims["exp"], now + self._jwks_ttl))
         await self._check_issuer_trust(issuer, webid)
 
         # Recorded last, so only fully verified requests occupy the cache, and checked again here with
         # no await between check and insert, so two concurrent requests with one proof cannot both pass.
         expires = max(now + self._replay_ttl, proof.iat + self._iat_window)
         if not self._replay.add(replay_key, expires, self._clock()):
-            raise Unauthorized(
-                "DPoP proof: jti has already been used for this URL (replayed proof)",
-                headers=challenge("invalid_dpop_proof"),
-            )
+            raise _replayed()
         client_id = claims.get("client_id") if isinstance(claims.get("client_id"), str) else None
         if client_id is None and isinstance(claims.get("azp"), str):
             client_id = claims["azp"]
@@ -250,11 +291,10 @@ class DpopVerifier:
         """Header and claims before the signature is checked: enough to find the key, and to refuse
         an expired or unbound token without any network request."""
         try:
-            header = jwt.get_unverified_header(token)
-            claims = jwt.decode(token, options={"verify_signature": False})
+            decoded = jwt.decode_complete(token, options={"verify_signature": False})
         except jwt.PyJWTError as exc:
             raise _token_error("not a well-formed JWT") from exc
-        return header, claims
+        return decoded["header"], decoded["payload"]
 
     def _check_claims(
         self, header: dict[str, Any], claims: dict[str, Any], jkt: str, now: float
