@@ -16,6 +16,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
+from multidict import CIMultiDictProxy
+
 from acl.apikeys import ApiKeys
 from ldp.errors import Unauthorized
 
@@ -66,8 +68,12 @@ class Authenticator:
             scheme, _, value = authorization.partition(" ")
             scheme = scheme.lower()
             if scheme == "dpop" and self.dpop is not None:
+                # Several DPoP headers are joined so the verifier refuses them (RFC 9449 §4.3: "there is
+                # not more than one DPoP HTTP request header field").
+                proofs = headers.getall("DPoP", []) if isinstance(headers, CIMultiDictProxy) else []
+                proof = ", ".join(proofs) if len(proofs) > 1 else headers.get("DPoP")
                 identity = await self.dpop.verify(
-                    method=method, url=url, authorization=authorization, dpop=headers.get("DPoP")
+                    method=method, url=url, authorization=authorization, dpop=proof
                 )
                 return Credentials(
                     webid=getattr(identity, "webid", None),

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import time
 from collections import OrderedDict
-from typing import Protocol
 
 from rdflib import Graph, URIRef
 
@@ -19,12 +18,9 @@ from ldp.identifiers import PodLocator
 from ldp.rdf import RDF_MEDIA_TYPES, normalize_media_type, parse_rdf
 from ldp.store import ResourceStore
 from ldp.vocab import SOLID, VCARD
+from pod.outbound import OutboundClient, OutboundError
 
 ACCEPT = "text/turtle, application/ld+json;q=0.9, application/n-triples;q=0.8"
-
-
-class Fetching(Protocol):
-    async def get(self, url: str, **kw: object) -> object: ...
 
 
 class DocumentError(Unauthorized):
@@ -36,7 +32,7 @@ class Documents:
         self,
         store: ResourceStore,
         locator: PodLocator,
-        outbound: Fetching | None,
+        outbound: OutboundClient | None,
         ttl: float = 300.0,
         failure_ttl: float = 30.0,
         max_entries: int = 4096,
@@ -84,20 +80,17 @@ class Documents:
     async def _fetch(self, doc: str) -> Graph:
         if self.outbound is None:
             raise DocumentError(f"Cannot fetch {doc}: remote documents are disabled")
-        from pod.outbound import OutboundError
-
         try:
             response = await self.outbound.get(doc, headers={"Accept": ACCEPT}, timeout=5.0)
         except OutboundError as exc:
             raise DocumentError(f"Cannot fetch {doc}: {exc}") from None
-        status = getattr(response, "status", 0)
-        if not 200 <= status < 300:
-            raise DocumentError(f"Cannot fetch {doc}: HTTP {status}")
-        media = normalize_media_type(getattr(response, "headers", {}).get("Content-Type")) or "text/turtle"
+        if not 200 <= response.status < 300:
+            raise DocumentError(f"Cannot fetch {doc}: HTTP {response.status}")
+        media = normalize_media_type(response.headers.get("Content-Type")) or "text/turtle"
         if media not in RDF_MEDIA_TYPES:
             raise DocumentError(f"Cannot use {doc}: not RDF ({media})")
         try:
-            return parse_rdf(getattr(response, "body", b""), media, str(getattr(response, "url", doc)))
+            return parse_rdf(response.body, media, response.url)
         except PodError as exc:
             raise DocumentError(f"Cannot parse {doc}: {exc.message}") from None
 

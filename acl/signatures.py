@@ -280,6 +280,8 @@ class MemoryReplayCache:
     """
 
     def __init__(self, max_entries: int = 100_000) -> None:
+        if max_entries < 1:
+            raise ValueError("max_entries must be at least 1")
         self._max_entries = max_entries
         self._keys: set[bytes] = set()
         self._heap: list[tuple[float, bytes]] = []
@@ -295,12 +297,12 @@ class MemoryReplayCache:
             self._keys.discard(heapq.heappop(heap)[1])
         if key in self._keys or expires_at <= self._floor:
             return False
-        while len(self._keys) >= self._max_entries:
+        if len(self._keys) >= self._max_entries:
+            if expires_at <= heap[0][0]:
+                return False  # it would be the first to go: refusing it keeps the floor where it is
             evicted_at, evicted = heapq.heappop(heap)
             self._keys.discard(evicted)
             self._floor = max(self._floor, evicted_at)
-        if expires_at <= self._floor:
-            return False
         self._keys.add(key)
         heapq.heappush(heap, (expires_at, key))
         return True

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator
+from typing import Any
 
 from aiohttp import web
 
@@ -11,6 +12,7 @@ from acl.apikeys import ApiKeys
 from acl.authorizer import Authorizer
 from acl.credentials import Authenticator
 from acl.documents import Documents
+from acl.oidc import DpopVerifier
 from acl.wac import Wac
 from ldp.sqlite import SqliteAccessor
 from ldp.store import ResourceStore
@@ -18,7 +20,7 @@ from pod.config import Config
 from pod.cors import add_cors_headers, preflight_middleware
 from pod.errors import error_middleware
 from pod.handlers import dispatch
-from pod.outbound import OutboundClient
+from pod.outbound import OutboundClient, OutboundError
 from pod.pods import create_pod
 from pod.state import API_KEYS, AUTHENTICATOR, AUTHORIZER, CONFIG, DOCUMENTS, LOCATOR, OUTBOUND, STORE
 
@@ -43,7 +45,16 @@ async def _storage(app: web.Application) -> AsyncIterator[None]:
     app[DOCUMENTS] = documents
     app[API_KEYS] = keys = ApiKeys(accessor)
     app[AUTHORIZER] = Authorizer(Wac(accessor, locator, documents.group_members), accessor, locator)
-    app[AUTHENTICATOR] = Authenticator(keys, unsafe_webid_header=config.unsafe_webid_header)
+    outbound = app[OUTBOUND]
+
+    async def fetch_json(url: str) -> Any:
+        response = await outbound.get(url, headers={"Accept": "application/json"}, timeout=5.0)
+        if not 200 <= response.status < 300:
+            raise OutboundError(f"HTTP {response.status} from {url}")
+        return response.json()
+
+    dpop = DpopVerifier(fetch_json=fetch_json, issuers_of=documents.oidc_issuers)
+    app[AUTHENTICATOR] = Authenticator(keys, dpop=dpop, unsafe_webid_header=config.unsafe_webid_header)
     if config.unsafe_webid_header:
         log.warning(
             "UNSAFE: 'Authorization: WebID <uri>' is trusted without proof (--unsafe-webid-header). "
