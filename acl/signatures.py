@@ -241,7 +241,7 @@ def sign_request(
         "tag": TAG,
     }
     covered = _InnerList([_Item(name, {}) for name in components], params)
-    # The method goes out upper-cased by aiohttp, and @method is case-sensitive (RFC 9421 §2.2.1).
+    # aiohttp sends the method upper-cased, and the @method value is case-sensitive (RFC 9421 §2.2.1).
     base = _signature_base(covered, method.upper(), _target_uri(url), all_headers)
     signature = _load_private(key.private_pem).sign(base.encode("ascii"))
     added["Signature-Input"] = f"{LABEL}={_serialize_inner_list(covered)}"
@@ -314,8 +314,9 @@ class SignatureVerifier:
 
     ``max_age`` bounds how long after ``created`` a signature is accepted, ``clock_skew`` how far
     ``created`` may lie in the future. ``required_tag`` selects our application's signature among
-    others a request may carry (RFC 9421 §7.2.5: tags keep a signature from being reused by another
-    protocol); ``None`` accepts the first signature whatever its tag.
+    others a request may carry (RFC 9421 §2.3: ``tag`` is "used by applications to help identify
+    signatures relevant for specific applications or protocols"), so a signature made for another
+    protocol is never taken for ours; ``None`` accepts the first signature whatever its tag.
     """
 
     def __init__(
@@ -366,7 +367,9 @@ class SignatureVerifier:
             raise Unauthorized(f"Signature: no signature value for label {label}")
         signature = member.value
 
-        # §3.2 step 5: the application's requirements (§3.2.1): what must be covered, and when.
+        # §3.2: "Examine the signature parameters to confirm that the signature meets the requirements
+        # ... defined by the application such as which message components are required to be covered"
+        # (§3.2.1 lists a maximum age from `created`, `expires`, and a required `tag` among them).
         names = [item.value for item in covered.items]
         for required in ("@method", "@target-uri"):
             if required not in names:
@@ -383,13 +386,13 @@ class SignatureVerifier:
             raise Unauthorized("Signature: alg parameter is not a string")
         _check_content_digest(headers, body, covered=digest_covered)
 
-        # §3.2 step 8: recreate the signature base from the received message.
+        # §3.2: "re-create the signature base" from the received message and the parsed parameters.
         try:
             base = _signature_base(covered, method, url, headers).encode("ascii")
         except _Malformed as exc:
             raise Unauthorized(f"Signature: {exc}") from None
 
-        # §3.2 steps 6, 7, 9: key material, algorithm (all sources must agree), verification.
+        # §3.2: key material from `keyid`; the algorithm from the key and from `alg` "MUST be the same".
         try:
             webid, jwk = await self._resolve_key(keyid)
         except Unauthorized:
@@ -399,11 +402,13 @@ class SignatureVerifier:
         key_alg, public_key = _public_key(jwk)
         if alg is not None and alg != key_alg:
             raise Unauthorized(f"Signature: alg {alg} does not match the {key_alg} key")
-        if not _verify_signature(key_alg, public_key, signature, base):
+        if not _verify_signature(public_key, signature, base):
             raise Unauthorized("Signature: invalid signature")
 
-        # Only a verified signature is remembered, so a forged copy cannot lock the genuine one out.
-        # Keyed by the signature base, not the signature bytes: ECDSA signatures are malleable.
+        # §3.2.1 "Enforcing uniqueness of the nonce parameter", done for the whole signature base: it
+        # includes nonce and created, and unlike the signature bytes it cannot be varied (ECDSA
+        # signatures are malleable). Only a verified signature is remembered, so a forged copy sent
+        # first cannot lock the genuine request out.
         if not await self._replay_cache.claim(hashlib.sha256(base).digest(), created + self._max_age, now):
             raise Unauthorized("Signature: replayed (this signature was already used)")
         return webid
@@ -457,8 +462,8 @@ _DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
 def _signature_base(covered: _InnerList, method: str, url: str, headers: Mapping[str, str]) -> str:
-    """RFC 9421 §2.5. "All errors produced as described MUST fail the algorithm immediately,
-    without outputting a signature base": every failure raises :class:`_Malformed`."""
+    """RFC 9421 §2.5: "All errors produced as described MUST fail the algorithm immediately"; every
+    failure here raises :class:`_Malformed`, which the verifier turns into a 401."""
     lines: list[str] = []
     seen: set[str] = set()
     target = urlsplit(url)
@@ -471,8 +476,8 @@ def _signature_base(covered: _InnerList, method: str, url: str, headers: Mapping
         if name in seen:
             raise _Malformed(f"component {name} covered twice")
         seen.add(name)
-        # §2.5 step 2.5: "If the component identifier has a parameter that is not understood,
-        # produce an error." None are understood here (no sf, key, bs, req, name).
+        # §2.5: a component parameter that is not understood is an error. None are understood here
+        # (sf, key, bs, req, tr, name): our signer never uses them.
         if item.params:
             raise _Malformed(f"component parameters are not supported ({name})")
         if name.startswith("@"):
@@ -485,13 +490,14 @@ def _signature_base(covered: _InnerList, method: str, url: str, headers: Mapping
             if found is None:
                 raise _Malformed(f"covered header {name} is missing")
             value = found
+        # §2.2: derived values "MUST NOT contain any newline characters"; field values cannot either.
         if "\n" in value or "\r" in value:
             raise _Malformed(f"component {name} contains a line break")
         lines.append(f"{_serialize_bare(name)}: {value}\n")
     # §2.5 step 3: the "@signature-params" line ends the base, with no trailing newline.
     lines.append(f'"@signature-params": {_serialize_inner_list(covered)}')
     base = "".join(lines)
-    # §2.5 step 4: "Produce an error if the output string contains any non-ASCII characters".
+    # §2.5: the signature base is an ASCII string; anything else is an error.
     if not base.isascii():
         raise _Malformed("signature base is not ASCII")
     return base
@@ -500,12 +506,12 @@ def _signature_base(covered: _InnerList, method: str, url: str, headers: Mapping
 def _derived_value(name: str, method: str, url: str, target: SplitResult) -> str:
     """Derived components of a request (RFC 9421 §2.2)."""
     if name == "@method":
-        # §2.2.1: "no transformation to the input method value's case is performed."
+        # §2.2.1: the method name is case-sensitive, so it is taken as received.
         return method
     if name == "@target-uri":
         return url
     if name == "@authority":
-        # §2.2.3: "the hostname is normalized to lowercase, and the default port is omitted."
+        # §2.2.3: normalised per RFC 9110 §4.2.3, i.e. lower-case host and no default port.
         host = (target.hostname or "").lower()
         if ":" in host:
             host = f"[{host}]"
@@ -517,11 +523,10 @@ def _derived_value(name: str, method: str, url: str, target: SplitResult) -> str
     if name == "@scheme":
         return target.scheme.lower()
     if name == "@path":
-        # §2.2.6: "an empty path string is normalized as a single slash (/) character."
+        # §2.2.6: an empty path is normalised to "/"; percent-encoding is kept as sent.
         return target.path or "/"
     if name == "@query":
-        # §2.2.7: "If the query string is absent from the request message, the component value is
-        # the leading ? character alone".
+        # §2.2.7: the query with its leading "?"; a request without a query gives "?" alone.
         return "?" + target.query
     if name == "@request-target":
         return (target.path or "/") + ("?" + target.query if target.query else "")
@@ -574,7 +579,7 @@ def _load_public(kty: str | None, crv: str | None, x: str | None, y: str | None)
     raise ValueError("unsupported key type")
 
 
-def _verify_signature(alg: str, key: _PublicKey, signature: bytes, base: bytes) -> bool:
+def _verify_signature(key: _PublicKey, signature: bytes, base: bytes) -> bool:
     try:
         if isinstance(key, Ed25519PublicKey):
             # §3.3.6: Ed25519 over the signature base "with no prehash function"; 64-octet R || S.
@@ -626,12 +631,16 @@ class _Malformed(ValueError):
     """Input that does not parse, or a signature base that cannot be built."""
 
 
-_LCALPHA = frozenset("abcdefghijklmnopqrstuvwxyz")
 _DIGIT = frozenset("0123456789")
-_ALPHA = _LCALPHA | frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZ")
-_KEY_CHARS = _LCALPHA | _DIGIT | frozenset("_-.*")
-_TOKEN_CHARS = _ALPHA | _DIGIT | frozenset("!#$%&'*+-.^_`|~:/")
+_ALPHA = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
 _BASE64_CHARS = _ALPHA | _DIGIT | frozenset("+/=")
+# RFC 8941 §3.1.2 key, §3.3.4 token, §3.3.3 string (printable ASCII, only '"' and '\' escaped).
+_KEY = re.compile(r"[a-z*][a-z0-9_.*-]*")
+_TOKEN = re.compile(r"[A-Za-z*][!#$%&'*+.^_`|~:/0-9A-Za-z-]*")
+_STRING = re.compile(r'"((?:[\x20\x21\x23-\x5b\x5d-\x7e]|\\["\\])*)"')
+_ESCAPE = re.compile(r'\\(["\\])')
+_NUMBER = re.compile(r"-?(?P<integer>[0-9]+)(?:\.(?P<fraction>[0-9]*))?")
+_PRINTABLE = re.compile(r"[\x20-\x7e]*")
 
 
 def _parse_dictionary(text: str) -> dict[str, _Item | _InnerList]:
@@ -688,12 +697,11 @@ class _Parser:
             self.pos += 1
 
     def key(self) -> str:
-        if self.peek() not in _LCALPHA and self.peek() != "*":
+        match = _KEY.match(self.text, self.pos)
+        if match is None:
             raise _Malformed(f"expected a key at offset {self.pos}")
-        start = self.pos
-        while self.peek() in _KEY_CHARS:
-            self.pos += 1
-        return self.text[start : self.pos]
+        self.pos = match.end()
+        return match.group()
 
     def params(self) -> dict[str, _BareItem]:
         params: dict[str, _BareItem] = {}
@@ -740,60 +748,34 @@ class _Parser:
         raise _Malformed(f"expected an item at offset {self.pos}")
 
     def number(self) -> int | Decimal:
-        sign = 1
-        if self.peek() == "-":
-            sign = -1
-            self.pos += 1
-        if self.peek() not in _DIGIT:
+        match = _NUMBER.match(self.text, self.pos)
+        if match is None:
             raise _Malformed(f"expected a digit at offset {self.pos}")
-        start = self.pos
-        is_decimal = False
-        while True:
-            char = self.peek()
-            if char in _DIGIT:
-                self.pos += 1
-            elif char == "." and not is_decimal:
-                if self.pos - start > 12:
-                    raise _Malformed("decimal integer part too long")
-                is_decimal = True
-                self.pos += 1
-            else:
-                break
-            if self.pos - start > (16 if is_decimal else 15):
-                raise _Malformed("number too long")
-        digits = self.text[start : self.pos]
-        if not is_decimal:
-            return sign * int(digits)
-        if digits.endswith(".") or len(digits.partition(".")[2]) > 3:
+        self.pos = match.end()
+        integer, fraction = match.group("integer"), match.group("fraction")
+        if fraction is None:
+            if len(integer) > 15:
+                raise _Malformed("integer too long")
+            return int(match.group())
+        if len(integer) > 12:
+            raise _Malformed("decimal integer part too long")
+        if not 1 <= len(fraction) <= 3:
             raise _Malformed("decimal must have 1 to 3 fractional digits")
-        return sign * Decimal(digits)
+        return Decimal(match.group())
 
     def string(self) -> str:
-        self.pos += 1
-        chars: list[str] = []
-        text = self.text
-        while self.pos < len(text):
-            char = text[self.pos]
-            self.pos += 1
-            if char == "\\":
-                escaped = self.peek()
-                if escaped not in ('"', "\\"):
-                    raise _Malformed("invalid escape in string")
-                chars.append(escaped)
-                self.pos += 1
-            elif char == '"':
-                return "".join(chars)
-            elif " " <= char <= "~":
-                chars.append(char)
-            else:
-                raise _Malformed("invalid character in string")
-        raise _Malformed("unterminated string")
+        match = _STRING.match(self.text, self.pos)
+        if match is None:
+            raise _Malformed(f"invalid string at offset {self.pos}")
+        self.pos = match.end()
+        return _ESCAPE.sub(r"\1", match.group(1))
 
     def token(self) -> Token:
-        start = self.pos
-        while self.peek() in _TOKEN_CHARS:
-            self.pos += 1
-        return Token(self.text[start : self.pos])
+        match = _TOKEN.match(self.text, self.pos)
+        if match is None:
+            raise _Malformed(f"invalid token at offset {self.pos}")
+        self.pos = match.end()
+        return Token(match.group())
 
     def byte_sequence(self) -> bytes:
         self.pos += 1
@@ -804,7 +786,7 @@ class _Parser:
         self.pos = end + 1
         if not set(encoded) <= _BASE64_CHARS:
             raise _Malformed("invalid base64 in byte sequence")
-        # §4.2.7: parsers "SHOULD NOT fail when '=' padding is not present".
+        # RFC 8941 §4.2.7 asks parsers to tolerate missing "=" padding.
         try:
             return base64.b64decode(encoded + "=" * (-len(encoded) % 4), validate=True)
         except ValueError:
@@ -851,7 +833,7 @@ def _serialize_inner_list(inner: _InnerList) -> str:
 
 
 def _check_sf_string(value: str, what: str) -> None:
-    if not all(" " <= char <= "~" for char in value):
+    if not _PRINTABLE.fullmatch(value):
         raise _Malformed(f"{what} must be printable ASCII: {value!r}")
 
 
