@@ -149,6 +149,13 @@ class PodLocator:
     def url(self, pod: str, path: str) -> str:
         return self.pod_root(pod) + encode_path(path[1:])
 
+    def request_url(self, pod: str, raw_path: str) -> str:
+        """The absolute URL of a request as sent (raw path and query), on the origin configuration
+        gives the pod — what signatures and DPoP proofs must name."""
+        if self.mode == "subdomain":
+            return f"{self.scheme}://{pod}.{self.netloc}{raw_path}"
+        return f"{self.scheme}://{self.netloc}{raw_path}"
+
     def webid(self, pod: str) -> str:
         return self.url(pod, "/profile/card") + "#me"
 

@@ -37,14 +37,15 @@ _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS pods (name TEXT PRIMARY KEY, created REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS resources (
-    id INTEGER PRIMARY KEY,
+    id INTEGER PRIMARY KEY AUTOINCREMENT,  -- never reused: arrival order for inbox paging
     pod TEXT NOT NULL,
     path TEXT NOT NULL,
     parent TEXT,            -- NULL for storage roots and auxiliary (.acl) resources
     content_type TEXT NOT NULL,
     body BLOB NOT NULL,
     version TEXT NOT NULL,
-    modified REAL NOT NULL
+    modified REAL NOT NULL,
+    created REAL NOT NULL
 );
 CREATE UNIQUE INDEX IF NOT EXISTS resources_path ON resources(pod, path);
 CREATE TABLE IF NOT EXISTS api_keys (
@@ -59,6 +60,7 @@ CREATE TABLE IF NOT EXISTS api_keys (
 CREATE INDEX IF NOT EXISTS api_keys_pod ON api_keys(pod);
 CREATE TABLE IF NOT EXISTS pod_keys (pod TEXT PRIMARY KEY, key_id TEXT NOT NULL, private_pem BLOB NOT NULL);
 CREATE INDEX IF NOT EXISTS resources_children ON resources(pod, parent, path) WHERE parent IS NOT NULL;
+CREATE INDEX IF NOT EXISTS resources_arrivals ON resources(pod, parent, id) WHERE parent IS NOT NULL;
 """
 _MAX_BATCH = 512
 
@@ -115,9 +117,9 @@ def _insert(conn: sqlite3.Connection, pod: str, path: str, ctype: str, body: byt
     version = new_version()
     parent = None if is_acl(path) else parent_of(path)
     conn.execute(
-        "INSERT INTO resources(pod, path, parent, content_type, body, version, modified)"
-        " VALUES (?, ?, ?, ?, ?, ?, ?)",
-        (pod, path, parent, ctype, body, version, now),
+        "INSERT INTO resources(pod, path, parent, content_type, body, version, modified, created)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        (pod, path, parent, ctype, body, version, now, now),
     )
     _touch(conn, pod, parent, now)
     if parent is None and path != "/":
@@ -127,6 +129,11 @@ def _insert(conn: sqlite3.Connection, pod: str, path: str, ctype: str, body: byt
 
 def _twin(path: str) -> str:
     return path[:-1] if is_container(path) else path + "/"
+
+
+def write_in(conn: sqlite3.Connection, pod: str, w: Write) -> tuple[Record, bool]:
+    """Apply a write inside a job's transaction (see ``SqliteAccessor.run_job``)."""
+    return _write(conn, pod, w)
 
 
 def _write(conn: sqlite3.Connection, pod: str, w: Write) -> tuple[Record, bool]:
@@ -335,6 +342,23 @@ class SqliteAccessor:
         record = await self.get(pod, path)
         return None if record is None else (record.body, record.content_type)
 
+    async def arrivals(
+        self, pod: str, container: str, after: int, since: float, limit: int
+    ) -> list[tuple[int, Record, float]]:
+        """Members of ``container`` in arrival order: (sequence, record, created), with sequence >
+        ``after`` and created >= ``since``. Sequence numbers are never reused, so paging by them is
+        stable while new members arrive."""
+        rows = (
+            self._read()
+            .execute(
+                "SELECT id, path, content_type, body, version, modified, created FROM resources"
+                " WHERE pod=? AND parent=? AND id>? AND created>=? ORDER BY id LIMIT ?",
+                (pod, container, after, since, limit),
+            )
+            .fetchall()
+        )
+        return [(r[0], Record(r[1], r[2], bytes(r[3]), r[4], r[5]), r[6]) for r in rows]
+
     async def pods(self) -> list[str]:
         return [r[0] for r in self._read().execute("SELECT name FROM pods ORDER BY name").fetchall()]
 
@@ -384,6 +408,16 @@ class SqliteAccessor:
     async def pod_key(self, pod: str) -> tuple[str, bytes] | None:
         row = self._read().execute("SELECT key_id, private_pem FROM pod_keys WHERE pod=?", (pod,)).fetchone()
         return None if row is None else (str(row[0]), bytes(row[1]))
+
+    # -- jobs for other SQLite-backed modules (delivery queue) ---------------------------------------
+    async def run_job(self, job: Job) -> Any:
+        """Run ``job(conn)`` in the writer thread, inside a group-commit transaction and savepoint:
+        everything it does commits together (and durably) or not at all."""
+        return await self._run(job)
+
+    def read_connection(self) -> sqlite3.Connection:
+        """The loop-thread read-only connection, for short indexed reads."""
+        return self._read()
 
     # -- writes ----------------------------------------------------------------------------------
     async def write(self, pod: str, write: Write) -> tuple[Record, bool]:

@@ -13,16 +13,34 @@ from acl.authorizer import Authorizer
 from acl.credentials import Authenticator
 from acl.documents import Documents
 from acl.oidc import DpopVerifier
+from acl.signatures import SignatureVerifier, webid_key_from_graph
 from acl.wac import Wac
 from ldp.sqlite import SqliteAccessor
 from ldp.store import ResourceStore
 from pod.config import Config
 from pod.cors import add_cors_headers, preflight_middleware
+from pod.delivery import DeliveryWorker
 from pod.errors import error_middleware
 from pod.handlers import dispatch
+from pod.inbox import Inbox
 from pod.outbound import OutboundClient, OutboundError
 from pod.pods import create_pod
-from pod.state import API_KEYS, AUTHENTICATOR, AUTHORIZER, CONFIG, DOCUMENTS, LOCATOR, OUTBOUND, STORE
+from pod.publish import Publisher, RemoteTopicCheck
+from pod.queue import DeliveryQueue
+from pod.state import (
+    API_KEYS,
+    AUTHENTICATOR,
+    AUTHORIZER,
+    CONFIG,
+    DOCUMENTS,
+    INBOX_RECEIVER,
+    LOCATOR,
+    OUTBOUND,
+    PUBLISHER,
+    QUEUE,
+    STORE,
+    WORKER,
+)
 
 log = logging.getLogger("pod")
 
@@ -53,8 +71,27 @@ async def _storage(app: web.Application) -> AsyncIterator[None]:
             raise OutboundError(f"HTTP {response.status} from {url}")
         return response.json()
 
+    async def resolve_key(key_id: str) -> tuple[str, dict[str, str]]:
+        return webid_key_from_graph(await documents.graph(key_id), key_id)
+
     dpop = DpopVerifier(fetch_json=fetch_json, issuers_of=documents.oidc_issuers)
-    app[AUTHENTICATOR] = Authenticator(keys, dpop=dpop, unsafe_webid_header=config.unsafe_webid_header)
+    app[AUTHENTICATOR] = Authenticator(
+        keys,
+        dpop=dpop,
+        signatures=SignatureVerifier(resolve_key),
+        unsafe_webid_header=config.unsafe_webid_header,
+    )
+    wac = app[AUTHORIZER].wac
+    queue = DeliveryQueue(accessor)
+    await queue.open()
+    inbox = Inbox(accessor, locator, wac)
+    worker = DeliveryWorker(
+        queue, locator, documents, outbound, inbox.receive, accessor.pod_key, max_age=config.delivery_max_age
+    )
+    app[QUEUE], app[INBOX_RECEIVER], app[WORKER] = queue, inbox, worker
+    app[PUBLISHER] = Publisher(
+        queue, locator, wac, RemoteTopicCheck(documents, outbound, worker.key_for), accessor.pod_exists
+    )
     if config.unsafe_webid_header:
         log.warning(
             "UNSAFE: 'Authorization: WebID <uri>' is trusted without proof (--unsafe-webid-header). "
@@ -63,7 +100,9 @@ async def _storage(app: web.Application) -> AsyncIterator[None]:
     if config.demo_pod and not await accessor.pods():
         info = await create_pod(accessor, locator, config.demo_pod, config.oidc_issuer)
         log.info("created demo pod %s at %s (WebID %s)", info.name, info.url, info.webid)
+    worker.start()  # resumes whatever a previous run left queued
     yield
+    await worker.stop()
     await accessor.close()
 
 

@@ -12,14 +12,19 @@ import asyncio
 import json
 import logging
 import sys
+import time
 from collections.abc import Sequence
 from typing import Any, NoReturn
 
 from acl.apikeys import ApiKeys
 from ldp.errors import NotFound, PodError
 from ldp.sqlite import SqliteAccessor
+from ldp.store import ResourceStore
 from pod.config import CONFIG_FIELDS, LOG_LEVELS, Config, ConfigError, load_config
+from pod.events import parse_time
+from pod.grants import grant, subscribe
 from pod.pods import check_pod_name, create_pod, pod_info
+from pod.queue import DeliveryQueue
 
 
 class _Parser(argparse.ArgumentParser):
@@ -89,6 +94,32 @@ def build_parser() -> argparse.ArgumentParser:
     key_revoke.add_argument("id")
     for p in (key_create, key_list, key_revoke):
         _common(p)
+    grant_p = sub.add_parser("grant", help="let an agent publish to or subscribe to a topic of a pod")
+    grant_p.add_argument("pod")
+    grant_p.add_argument("--agent", required=True, metavar="WEBID")
+    what = grant_p.add_mutually_exclusive_group(required=True)
+    what.add_argument(
+        "--publish", metavar="TOPIC", help="grant acl:Append on the topic (domain or domain/topic)"
+    )
+    what.add_argument("--subscribe", metavar="TOPIC", help="grant acl:Read on the topic")
+    grant_p.add_argument("--remove", action="store_true", help="take the grant away")
+    _common(grant_p)
+    sub_p = sub.add_parser("subscribe", help="deliver a pod's events on a topic to an agent")
+    sub_p.add_argument("pod")
+    sub_p.add_argument("--agent", required=True, metavar="WEBID")
+    sub_p.add_argument("--topic", required=True)
+    sub_p.add_argument("--webhook", metavar="URL", help="POST events here instead of the agent's inbox")
+    sub_p.add_argument("--secret", default="", help="HMAC-SHA256 secret for the webhook's X-Signature")
+    sub_p.add_argument("--inbox", metavar="URL", help="deliver to this inbox instead of the discovered one")
+    sub_p.add_argument("--remove", action="store_true", help="remove the subscription")
+    _common(sub_p)
+    replay = sub.add_parser("replay", help="queue a pod's failed (or past) deliveries again")
+    replay.add_argument("pod")
+    replay.add_argument("--from", dest="since", metavar="TIME", help="ISO 8601 or epoch ms (default: all)")
+    replay.add_argument("--to", dest="until", metavar="TIME", help="ISO 8601 or epoch ms (default: now)")
+    replay.add_argument("--states", default="failed", help="failed, delivered or both (comma-separated)")
+    replay.add_argument("--wait", type=float, default=0.0, metavar="SECONDS", help="show progress this long")
+    _common(replay)
     return parser
 
 
@@ -123,6 +154,47 @@ async def _key_command(accessor: SqliteAccessor, args: argparse.Namespace) -> in
     return 0
 
 
+async def _event_command(accessor: SqliteAccessor, config: Config, args: argparse.Namespace) -> int:
+    await _require_pod(accessor, args.pod)
+    store = ResourceStore(accessor, config.locator())
+    if args.command == "grant":
+        kind, pattern = ("publish", args.publish) if args.publish else ("subscribe", args.subscribe)
+        url = await grant(store, args.pod, args.agent, pattern, kind, remove=args.remove)
+        verb = "Removed" if args.remove else "Granted"
+        print(f"{verb} {kind} on {pattern} for {args.agent} ({url})")
+        return 0
+    if args.command == "subscribe":
+        entries = await subscribe(
+            store,
+            args.pod,
+            args.agent,
+            args.topic,
+            webhook=args.webhook,
+            secret=args.secret,
+            inbox=args.inbox,
+            remove=args.remove,
+        )
+        print(f"{args.pod} now has {len(entries)} subscription(s)")
+        return 0
+    queue = DeliveryQueue(accessor)
+    await queue.open()
+    since = parse_time(args.since, 0.0)
+    until = parse_time(args.until, time.time() + 1)
+    states = [s.strip() for s in args.states.split(",") if s.strip()]
+    if not states or not set(states) <= {"failed", "delivered"}:
+        raise ConfigError("--states takes failed and/or delivered")
+    count = await queue.replay(args.pod, since, until, states)
+    print(f"Queued {count} deliveries of pod {args.pod} again", flush=True)
+    deadline = time.monotonic() + args.wait
+    while args.wait and time.monotonic() < deadline:
+        pending = queue.pending_count(args.pod)
+        print(f"  {count - pending}/{count} done, {pending} pending", flush=True)
+        if pending == 0:
+            break
+        await asyncio.sleep(1.0)
+    return 0
+
+
 async def _with_accessor(config: Config, args: argparse.Namespace) -> int:
     accessor = SqliteAccessor(config.database_path)
     await accessor.open()
@@ -130,6 +202,8 @@ async def _with_accessor(config: Config, args: argparse.Namespace) -> int:
         locator = config.locator()
         if args.command == "key":
             return await _key_command(accessor, args)
+        if args.command in ("grant", "subscribe", "replay"):
+            return await _event_command(accessor, config, args)
         if args.command == "create":
             info = await create_pod(accessor, locator, args.name, config.oidc_issuer)
             if args.json:

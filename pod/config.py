@@ -38,6 +38,7 @@ class Config:
     demo_pod: str = "demo"  # created on first start when no pod exists; "" disables
     unsafe_webid_header: bool = False  # accept "Authorization: WebID <uri>" (conformance tests only)
     allow_loopback: bool = False  # let the outbound client reach loopback (tests, local demos)
+    delivery_max_age: int = 3 * 24 * 3600  # seconds after which an undelivered event is failed
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     @property

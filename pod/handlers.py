@@ -6,6 +6,7 @@ result with the shared header writers. They never build error responses: they ra
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Awaitable, Callable
 
@@ -22,8 +23,24 @@ from ldp.preconditions import check_read, etag, not_modified
 from ldp.rdf import is_rdf_type, normalize_media_type
 from ldp.store import Conditions, ResourceStore
 from ldp.vocab import LDP
+from pod.auth import authenticate
+from pod.events_http import (
+    REPLAY_PATH,
+    event_with_deliveries,
+    handle_publish,
+    handle_replay,
+    handle_subscription,
+    inbox_page,
+    is_self_service_subscription,
+    receive_event,
+    wants_json,
+    wants_plain_json,
+)
+from pod.inbox import INBOX, is_event
 from pod.keys_api import handle_keys, is_keys_path
-from pod.state import AUTHENTICATOR, AUTHORIZER, CREDENTIALS, LOCATOR, PARSED_PATCH, PERMISSIONS, STORE
+from pod.publish import PUBLISH
+from pod.state import AUTHORIZER, LOCATOR, PARSED_PATCH, PERMISSIONS, STORE
+from pod.subscriptions import SUBSCRIPTIONS_PATH, parse_subscriptions
 
 _LINK_RE = re.compile(r'<([^>]*)>\s*;\s*rel\s*=\s*"?([^",;]+)"?')
 _CONTAINER_TYPES = {str(LDP.BasicContainer), str(LDP.Container)}
@@ -225,37 +242,47 @@ HANDLERS: dict[str, Handler] = {
 async def authorize(request: web.Request, target: Target) -> None:
     """Credentials ▸ required modes ▸ permissions, before any handler runs.
 
-    The body is read first only when the decision needs it: a signed request's digest covers it,
-    and whether a PATCH needs Append or Write depends on what it does. A PATCH that does not parse
-    is authorized as the most demanding kind, and its error reported only to those allowed to make
-    it, so a malformed request reveals nothing to strangers.
+    Whether a PATCH needs Append or Write depends on what it does, so it is parsed first. A PATCH
+    that does not parse is authorized as the most demanding kind, and its error reported only to
+    those allowed to make it, so a malformed request reveals nothing to strangers.
     """
-    app = request.app
-    url = _locator(request).url(target.pod, target.path)
-    full_url = f"{url}?{request.query_string}" if request.query_string else url
-    headers = request.headers
-    needs_body = "Signature-Input" in headers or request.method == "PATCH"
-    body = await request.read() if needs_body else None
-    creds = await app[AUTHENTICATOR].authenticate(
-        method=request.method, url=full_url, pod=target.pod, headers=headers, body=body
-    )
-    request[CREDENTIALS] = creds
+    creds = await authenticate(request, target)
     inserts_only = False
     patch_error: PodError | None = None
-    if request.method == "PATCH" and body is not None:
+    if request.method == "PATCH":
         try:
-            parsed = parse_patch(body, _content_type(request), url)
+            url = _locator(request).url(target.pod, target.path)
+            parsed = parse_patch(await request.read(), _content_type(request), url)
             request[PARSED_PATCH] = parsed
             inserts_only = parsed.inserts_only
         except PodError as exc:
             patch_error = exc
-    permissions = await app[AUTHORIZER].authorize(
-        creds, request.method, target.pod, target.path, headers.get("Origin"), inserts_only
+    permissions = await request.app[AUTHORIZER].authorize(
+        creds, request.method, target.pod, target.path, request.headers.get("Origin"), inserts_only
     )
     if permissions is not None:
         request[PERMISSIONS] = permissions
     if patch_error is not None:
         raise patch_error
+
+
+async def _event_route(request: web.Request, target: Target) -> web.StreamResponse | None:
+    """The event API's behaviour on top of an authorized LDP request, or None for plain LDP."""
+    method, path = request.method, target.path
+    if method == "POST" and path == INBOX:
+        try:
+            doc = json.loads(await request.read())
+        except (ValueError, UnicodeDecodeError, RecursionError):
+            return None
+        if is_event(doc):
+            return await receive_event(request, target, doc)
+    elif method == "GET" and path == INBOX and wants_plain_json(request):
+        return await inbox_page(request, target)
+    elif method == "GET" and path.startswith(PUBLISH) and not is_container(path) and wants_json(request):
+        return await event_with_deliveries(request, target)
+    elif method == "PUT" and path == SUBSCRIPTIONS_PATH:
+        parse_subscriptions(await request.read())  # refuse a list the server could not use
+    return None
 
 
 async def dispatch(request: web.Request) -> web.StreamResponse:
@@ -265,5 +292,15 @@ async def dispatch(request: web.Request) -> web.StreamResponse:
         raise MethodNotAllowed(f"Method {request.method} is not supported")
     if is_keys_path(target.path):
         return await handle_keys(request, target)
+    if target.path == REPLAY_PATH:
+        return await handle_replay(request, target)
+    if target.path == PUBLISH and request.method == "POST":
+        return await handle_publish(request, target)  # authenticated by its API key, not by WAC
+    if is_self_service_subscription(request, target):
+        await authenticate(request, target)
+        return await handle_subscription(request, target)
     await authorize(request, target)
+    special = await _event_route(request, target)
+    if special is not None:
+        return special
     return await handler(request, target)

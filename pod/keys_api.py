@@ -16,7 +16,8 @@ from aiohttp import web
 
 from ldp.errors import BadRequest, Forbidden, MethodNotAllowed, Unauthorized
 from ldp.identifiers import Target
-from pod.state import API_KEYS, AUTHENTICATOR, LOCATOR
+from pod.auth import authenticate
+from pod.state import API_KEYS, LOCATOR
 
 KEYS_PATH = "/.well-known/api-keys"
 
@@ -28,9 +29,7 @@ def is_keys_path(path: str) -> bool:
 async def handle_keys(request: web.Request, target: Target) -> web.StreamResponse:
     locator = request.app[LOCATOR]
     url = locator.url(target.pod, target.path)
-    creds = await request.app[AUTHENTICATOR].authenticate(
-        method=request.method, url=url, pod=target.pod, headers=request.headers, body=await request.read()
-    )
+    creds = await authenticate(request, target)
     if creds.webid is None:
         raise Unauthorized("Authentication required to manage API keys")
     if creds.webid != locator.webid(target.pod) or creds.scheme == "api-key":

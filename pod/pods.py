@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from string import Template
 
+from acl.signatures import PodKey, generate_pod_key, profile_key_triples
 from ldp.accessor import StorageAccessor, Write
 from ldp.errors import BadRequest
 from ldp.identifiers import POD_NAME_RE, PodLocator
@@ -44,7 +45,9 @@ def _fill(template: str, values: dict[str, str]) -> bytes:
     return Template((TEMPLATES / template).read_text(encoding="utf-8")).substitute(values).encode()
 
 
-def initial_resources(locator: PodLocator, name: str, oidc_issuer: str = "") -> list[Write]:
+def initial_resources(
+    locator: PodLocator, name: str, oidc_issuer: str = "", key: PodKey | None = None
+) -> list[Write]:
     def url(path: str) -> str:
         return locator.url(name, path)
 
@@ -54,9 +57,12 @@ def initial_resources(locator: PodLocator, name: str, oidc_issuer: str = "") -> 
         "webid": locator.webid(name),
         "inbox": url("/inbox/"),
         "name": name,
-        "issuer": f"<{locator.webid(name)}> <http://www.w3.org/ns/solid/terms#oidcIssuer> <{oidc_issuer}> ."
-        if oidc_issuer
-        else "",
+        "issuer": (
+            f"<{locator.webid(name)}> <http://www.w3.org/ns/solid/terms#oidcIssuer> <{oidc_issuer}> .\n"
+            if oidc_issuer
+            else ""
+        )
+        + (profile_key_triples(locator.webid(name), key) if key is not None else ""),
     }
     turtle = "text/turtle"
     return [
@@ -70,10 +76,18 @@ def initial_resources(locator: PodLocator, name: str, oidc_issuer: str = "") -> 
     ]
 
 
+def pod_key_id(locator: PodLocator, name: str) -> str:
+    """The pod's signing key is a node in its WebID profile document."""
+    return locator.url(name, "/profile/card") + "#pod-key"
+
+
 async def create_pod(
     accessor: StorageAccessor, locator: PodLocator, name: str, oidc_issuer: str = ""
 ) -> PodInfo:
-    """Create pod ``name`` atomically; Conflict when it exists, BadRequest for a bad name."""
+    """Create pod ``name`` atomically, with a fresh signing key published in its WebID profile;
+    Conflict when it exists, BadRequest for a bad name."""
     check_pod_name(name)
-    await accessor.create_pod(name, initial_resources(locator, name, oidc_issuer))
+    key = generate_pod_key(pod_key_id(locator, name))
+    resources = initial_resources(locator, name, oidc_issuer, key)
+    await accessor.create_pod(name, resources, (key.key_id, key.private_pem))
     return pod_info(locator, name)

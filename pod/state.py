@@ -13,7 +13,11 @@ from ldp.identifiers import PodLocator
 from ldp.patch import Patch
 from ldp.store import ResourceStore
 from pod.config import Config
+from pod.delivery import DeliveryWorker
+from pod.inbox import Inbox
 from pod.outbound import OutboundClient
+from pod.publish import Publisher
+from pod.queue import DeliveryQueue
 
 CONFIG = web.AppKey("config", Config)
 LOCATOR = web.AppKey("locator", PodLocator)
@@ -23,6 +27,10 @@ AUTHORIZER = web.AppKey("authorizer", Authorizer)
 API_KEYS = web.AppKey("api_keys", ApiKeys)
 DOCUMENTS = web.AppKey("documents", Documents)
 OUTBOUND = web.AppKey("outbound", OutboundClient)
+QUEUE = web.AppKey("queue", DeliveryQueue)
+WORKER = web.AppKey("worker", DeliveryWorker)
+PUBLISHER = web.AppKey("publisher", Publisher)
+INBOX_RECEIVER = web.AppKey("inbox", Inbox)
 
 # Per-request state, set before the handler runs.
 CREDENTIALS = web.RequestKey("credentials", Credentials)

@@ -141,6 +141,7 @@ def test_jsonld_parse() -> None:
 def test_jsonld_with_bundled_activitystreams_and_event_contexts() -> None:
     doc = {
         "@context": ["https://www.w3.org/ns/activitystreams", "https://w3id.org/solid-pod/events/v1"],
+        "@id": "https://producer.example/publish/0123456789abcdef0123456789abcdef",
         "id": "https://producer.example/publish/0123456789abcdef0123456789abcdef",
         "topic": "realestate/contact#add",
         "recipient": "https://user.example/profile/card#me",
@@ -150,7 +151,10 @@ def test_jsonld_with_bundled_activitystreams_and_event_contexts() -> None:
         "summary": "an ActivityStreams term",
     }
     graph = parse_rdf(json.dumps(doc).encode(), "application/ld+json", BASE)
-    event = URIRef(str(doc["id"]))
+    event = URIRef(str(doc["@id"]))
+    # "id" is the event's shared id (ev:id), distinct from the node's own @id: an inbox copy has
+    # its own @id and keeps the id it was published with.
+    assert (event, URIRef(EV + "id"), event) in graph
     assert (event, URIRef(EV + "topic"), Literal("realestate/contact#add")) in graph
     assert (event, URIRef(EV + "recipient"), URIRef("https://user.example/profile/card#me")) in graph
     assert (

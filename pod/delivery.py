@@ -1,0 +1,232 @@
+"""The delivery worker: takes due rows from the durable queue and delivers them.
+
+- ``inbox`` deliveries go to the recipient's inbox, discovered from its WebID profile
+  (``ldp:inbox``, cached). A pod on this server is delivered in-process through the same inbox
+  rules; another server gets an LDN POST signed by the sending pod (RFC 9421).
+- ``webhook`` deliveries POST the event JSON with ``X-Signature: sha256=<HMAC of the body>``.
+
+Network errors and 5xx answers are retried with exponential backoff and jitter; a 4xx is final and
+recorded with the receiver's message; a delivery older than ``max_age`` fails. All outbound
+traffic goes through the guarded client (per-host connection limits, keep-alive).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import hmac
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from rdflib import URIRef
+
+from acl.documents import DocumentError, Documents
+from acl.signatures import PodKey, load_pod_key, sign_request
+from ldp.errors import PodError
+from ldp.identifiers import PodLocator
+from ldp.vocab import LDP
+from pod.outbound import OutboundClient, OutboundError
+from pod.queue import Delivery, DeliveryQueue, backoff
+
+log = logging.getLogger("pod.delivery")
+
+LocalReceive = Callable[[str, str, dict[str, object]], Awaitable[object]]
+PodKeyLoader = Callable[[str], Awaitable[tuple[str, bytes] | None]]
+
+
+class Retry(Exception):
+    """A failure worth trying again later (network error, 5xx, receiver unavailable)."""
+
+
+class Refused(Exception):
+    """A final refusal (4xx): recorded with the receiver's message, not retried."""
+
+
+@dataclass
+class Stats:
+    delivered: int = 0
+    failed: int = 0
+    retried: int = 0
+
+
+def _error_text(status: int, body: bytes) -> str:
+    try:
+        doc = json.loads(body)
+        if isinstance(doc, dict) and isinstance(doc.get("error"), str):
+            return f"HTTP {status}: {doc['error']}"
+    except (ValueError, UnicodeDecodeError):
+        pass
+    return f"HTTP {status}"
+
+
+def webhook_signature(secret: str, body: bytes) -> str:
+    return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+
+
+class DeliveryWorker:
+    def __init__(
+        self,
+        queue: DeliveryQueue,
+        locator: PodLocator,
+        documents: Documents,
+        outbound: OutboundClient,
+        receive_local: LocalReceive,
+        pod_key: PodKeyLoader,
+        *,
+        max_age: float = 3 * 24 * 3600.0,
+        concurrency: int = 64,
+        timeout: float = 10.0,
+    ) -> None:
+        self.queue = queue
+        self.locator = locator
+        self.documents = documents
+        self.outbound = outbound
+        self.receive_local = receive_local
+        self.pod_key = pod_key
+        self.max_age = max_age
+        self.concurrency = concurrency
+        self.timeout = timeout
+        self.stats = Stats()
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._keys: dict[str, PodKey] = {}
+        self._in_flight: set[int] = set()
+
+    def notify(self) -> None:
+        """New deliveries were committed: look at the queue now rather than at the next poll."""
+        self._wake.set()
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="delivery-worker")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        if self._in_flight:
+            await self.queue.release(sorted(self._in_flight))  # another worker may take them at once
+            self._in_flight.clear()
+
+    async def _run(self) -> None:
+        running: set[asyncio.Task[None]] = set()
+        while True:
+            self._wake.clear()
+            capacity = self.concurrency - len(running)
+            claimed = await self.queue.claim(capacity) if capacity > 0 else []
+            for delivery in claimed:
+                self._in_flight.add(delivery.id)
+                task = asyncio.create_task(self._deliver(delivery))
+                running.add(task)
+                task.add_done_callback(running.discard)
+            if capacity <= 0 or len(claimed) == capacity:
+                await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)  # full: wait for a slot
+                continue
+            if claimed:
+                continue  # more may have become due meanwhile
+            # Idle: sleep until woken by a local commit, the next due retry, or a poll that notices
+            # deliveries queued by another process on the same database.
+            due = self.queue.next_due()
+            wait = 1.0 if due is None else min(1.0, max(0.01, due - time.time()))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout=wait)
+
+    async def _deliver(self, delivery: Delivery) -> None:
+        outcome: tuple[int, str, str, float | None]
+        try:
+            try:
+                if delivery.kind == "webhook":
+                    await self._webhook(delivery)
+                else:
+                    await self._inbox(delivery)
+            except Refused as exc:
+                self.stats.failed += 1
+                outcome = (delivery.id, "failed", str(exc), None)
+            except (Retry, OutboundError, DocumentError) as exc:
+                message = str(exc) if not isinstance(exc, PodError) else exc.message
+                if time.time() - delivery.created > self.max_age:
+                    self.stats.failed += 1
+                    outcome = (
+                        delivery.id,
+                        "failed",
+                        f"gave up after {delivery.attempts + 1} attempts: {message}",
+                        None,
+                    )
+                else:
+                    self.stats.retried += 1
+                    outcome = (delivery.id, "pending", message, time.time() + backoff(delivery.attempts + 1))
+            except Exception as exc:  # a bug must not lose the delivery: retry it later
+                log.exception("delivery %s failed unexpectedly", delivery.id)
+                outcome = (
+                    delivery.id,
+                    "pending",
+                    f"internal error: {type(exc).__name__}",
+                    time.time() + 30.0,
+                )
+            else:
+                self.stats.delivered += 1
+                outcome = (delivery.id, "delivered", "", None)
+            await self.queue.finish([outcome])
+        finally:
+            self._in_flight.discard(delivery.id)
+
+    async def key_for(self, pod: str) -> PodKey:
+        """The pod's signing key (loaded once)."""
+        return await self._key(pod)
+
+    async def _key(self, pod: str) -> PodKey:
+        key = self._keys.get(pod)
+        if key is None:
+            found = await self.pod_key(pod)
+            if found is None:
+                raise Refused(f"pod {pod} has no signing key")
+            key = self._keys[pod] = load_pod_key(*found)
+        return key
+
+    async def _inbox(self, delivery: Delivery) -> None:
+        local = self.locator.target_of_url(delivery.recipient)
+        if local is not None and not delivery.target:
+            try:
+                await self.receive_local(
+                    local.pod, self.locator.webid(delivery.sender), json.loads(delivery.payload)
+                )
+            except PodError as exc:
+                if exc.status >= 500:
+                    raise Retry(exc.message) from None
+                raise Refused(f"HTTP {exc.status}: {exc.message}") from None
+            return
+        inbox = delivery.target or await self._discover_inbox(delivery.recipient)
+        key = await self._key(delivery.sender)
+        headers = {"Content-Type": "application/ld+json"}
+        headers.update(sign_request(key, "POST", inbox, headers, delivery.payload))
+        response = await self.outbound.post(inbox, delivery.payload, headers, timeout=self.timeout)
+        self._judge(response.status, response.body)
+
+    async def _discover_inbox(self, webid: str) -> str:
+        graph = await self.documents.graph(webid)
+        inboxes = [str(o) for o in graph.objects(URIRef(webid), LDP.inbox)]
+        if not inboxes:
+            raise Refused(f"{webid} has no ldp:inbox")
+        return inboxes[0]
+
+    async def _webhook(self, delivery: Delivery) -> None:
+        headers = {
+            "Content-Type": "application/json",
+            "X-Signature": webhook_signature(delivery.secret, delivery.payload),
+            "X-Event-Id": delivery.event_id,
+        }
+        response = await self.outbound.post(delivery.target, delivery.payload, headers, timeout=self.timeout)
+        self._judge(response.status, response.body)
+
+    @staticmethod
+    def _judge(status: int, body: bytes) -> None:
+        if 200 <= status < 300:
+            return
+        if 400 <= status < 500 and status not in (408, 429):
+            raise Refused(_error_text(status, body))
+        raise Retry(_error_text(status, body))

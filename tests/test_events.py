@@ -1,0 +1,305 @@
+"""The event API on one server: publishing, authorization, delivery to inboxes, forwarding to
+subscribers, webhooks, inbox paging and the error messages clients match on."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import json
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
+
+from pod.grants import grant, subscribe
+from pod.state import API_KEYS, STORE
+from tests.conftest import ClientFactory
+
+BASE = "http://pod.test/"
+PRODUCER = BASE + "producer/profile/card#me"
+USER = BASE + "user/profile/card#me"
+PARTICIPANT = BASE + "participant/profile/card#me"
+SUBSCRIBER = BASE + "subscriber/profile/card#me"
+APP = "https://crm.example/app#id"
+TOPIC = "realestate/contact#add"
+DATA = {"type": "AddAction", "object": {"type": "Contact", "name": "Bruce Wayne"}}
+JSON = {"Content-Type": "application/json"}
+
+
+def as_(webid: str) -> dict[str, str]:
+    return {"Authorization": f"WebID {webid}"}
+
+
+class World:
+    """Four pods on one server; the producer app holds an API key for the producer pod."""
+
+    def __init__(self, client: TestClient[Any, Any], key: str) -> None:
+        self.client = client
+        self.key = key
+        self.app = client.server.app
+
+    async def publish(
+        self, body: Any, *, key: str | None = None, content_type: str = "application/json"
+    ) -> Any:
+        data = body if isinstance(body, bytes) else json.dumps(body).encode()
+        headers = {"Content-Type": content_type, "x-api-key": self.key if key is None else key}
+        return await self.client.post("/producer/publish/", data=data, headers=headers)
+
+    async def inbox(self, pod: str, **query: str) -> dict[str, Any]:
+        response = await self.client.get(
+            f"/{pod}/inbox/",
+            params=query,
+            headers={"Accept": "application/json", **as_(BASE + f"{pod}/profile/card#me")},
+        )
+        assert response.status == 200, await response.text()
+        result: dict[str, Any] = await response.json()
+        return result
+
+    async def wait_inbox(self, pod: str, count: int, timeout: float = 10.0) -> list[Any]:
+        deadline = asyncio.get_running_loop().time() + timeout
+        while True:
+            contains: list[Any] = (await self.inbox(pod))["contains"]
+            events = [c for c in contains if isinstance(c, dict) and "topic" in c]
+            if len(events) >= count or asyncio.get_running_loop().time() > deadline:
+                return events
+            await asyncio.sleep(0.05)
+
+
+@pytest.fixture
+async def world(make_client: ClientFactory) -> AsyncIterator[World]:
+    client = await make_client(as_agent=None, demo_pod="producer")
+    store = client.server.app[STORE]
+    from pod.pods import create_pod
+
+    for name in ("user", "participant", "subscriber"):
+        await create_pod(store.accessor, store.locator, name)
+    await grant(store, "user", PRODUCER, "realestate", "publish")
+    await grant(store, "participant", PRODUCER, "realestate/contact", "publish")
+    _, key = await client.server.app[API_KEYS].create("producer", APP)
+    yield World(client, key)
+
+
+EXAMPLE = {"recipient": USER, "source": PARTICIPANT, "topic": TOPIC, "data": DATA}
+
+
+async def test_api_page_example_end_to_end(world: World) -> None:
+    response = await world.publish([EXAMPLE])
+    assert response.status == 201
+    body = await response.json()
+    assert isinstance(body, list) and len(body) == 1
+    event_url = body[0]["id"]
+    assert response.headers["Location"] == event_url
+    assert event_url.startswith(BASE + "producer/publish/") and len(event_url.rsplit("/", 1)[1]) == 32
+    for pod, original in (("user", USER), ("participant", PARTICIPANT)):
+        (copy,) = await world.wait_inbox(pod, 1)
+        assert copy["id"] == event_url
+        assert copy["@id"].startswith(BASE + f"{pod}/inbox/")
+        assert copy["originalRecipient"] == original
+        assert copy["topic"] == TOPIC and copy["data"] == DATA
+        assert copy["publisher"] == PRODUCER and copy["agent"] == APP
+        assert isinstance(copy["timestamp"], int) and copy["time"].endswith("Z")
+    # the stored event stays readable, with each recipient's delivery state
+    stored = await world.client.get(
+        event_url.removeprefix("http://pod.test"), headers={"Accept": "application/json", **as_(PRODUCER)}
+    )
+    doc = await stored.json()
+    assert doc["id"] == event_url
+    states = {d["recipient"]: d["state"] for d in doc["deliveries"]}
+    assert states == {USER: "delivered", PARTICIPANT: "delivered"}
+    assert all("deliveredAt" in d for d in doc["deliveries"])
+
+
+async def test_single_event_answer_and_ld_json(world: World) -> None:
+    response = await world.publish(
+        {"recipient": USER, "topic": TOPIC, "data": DATA}, content_type="application/ld+json; charset=utf-8"
+    )
+    assert response.status == 201
+    body = await response.json()
+    assert body == {"id": response.headers["Location"]}
+
+
+@pytest.mark.parametrize(
+    "body,message",
+    [
+        (b"", "No request body was sent"),
+        (b"   ", "No request body was sent"),
+        (b"{not json", "request body is not valid JSON object"),
+        (b'"a string"', "request body is not valid JSON object"),
+        (b"42", "request body is not valid JSON object"),
+        ({"recipient": USER, "data": DATA}, "No valid topic found"),
+        ({"recipient": USER, "topic": "nodomain", "data": DATA}, "No valid topic found"),
+        ({"recipient": USER, "topic": "a/b/c", "data": DATA}, "No valid topic found"),
+        ({"recipient": USER, "topic": "a/b#", "data": DATA}, "No valid topic found"),
+        ({"topic": TOPIC, "data": DATA}, "No recipient found"),
+        ({"topic": TOPIC, "recipient": "", "data": DATA}, "No recipient found"),
+        ({"topic": TOPIC, "recipient": USER}, "No data found"),
+        ({"topic": TOPIC, "recipient": USER, "data": None}, "No data found"),
+        ({"topic": TOPIC, "recipient": "not-a-url", "data": DATA}, "Invalid ID: not-a-url"),
+        ({"topic": TOPIC, "recipient": "ftp://x.example/me", "data": DATA}, "Invalid ID: ftp://x.example/me"),
+        ({"topic": TOPIC, "recipient": [USER, 7], "data": DATA}, "Invalid ID: 7"),
+        ({"topic": TOPIC, "recipient": USER, "source": "urn:x", "data": DATA}, "Invalid ID: urn:x"),
+        ([EXAMPLE, {"topic": TOPIC, "data": DATA}], "No recipient found (event at index 1)"),
+        ([EXAMPLE, "x"], "request body is not valid JSON object (event at index 1)"),
+        (b"[" * 100000 + b"]" * 100000, "request body is not valid JSON object"),
+    ],
+)
+async def test_publish_400_messages(world: World, body: Any, message: str) -> None:
+    response = await world.publish(body)
+    assert response.status == 400
+    assert (await response.json()) == {"error": message}
+    listing = await world.client.get("/producer/publish/", headers=as_(PRODUCER))
+    assert "publish/" not in (await listing.text()).replace(BASE + "producer/publish/>", "")
+
+
+async def test_publish_auth_and_media_type(world: World) -> None:
+    no_key = await world.client.post("/producer/publish/", data=json.dumps(EXAMPLE), headers=JSON)
+    assert (no_key.status, await no_key.json()) == (401, {"error": "No API key provided"})
+    empty = await world.publish(EXAMPLE, key="")
+    assert (empty.status, await empty.json()) == (401, {"error": "No API key provided"})
+    bad = await world.publish(EXAMPLE, key="spk_nope_nope")
+    assert (bad.status, await bad.json()) == (401, {"error": "Invalid API Key"})
+    _, user_key = await world.app[API_KEYS].create("user", APP)  # a key of another pod
+    other = await world.publish(EXAMPLE, key=user_key)
+    assert (other.status, await other.json()) == (401, {"error": "Invalid API Key"})
+    wrong_type = await world.publish(EXAMPLE, content_type="text/plain")
+    assert wrong_type.status == 415
+
+
+async def test_403_when_a_recipient_has_not_granted(world: World) -> None:
+    before = await world.inbox("user")
+    response = await world.publish({"recipient": [USER, SUBSCRIBER], "topic": TOPIC, "data": DATA})
+    assert response.status == 403
+    assert await response.json() == {"error": f"Not authorized to publish to {SUBSCRIBER} on topic {TOPIC}"}
+    # nothing stored, nothing sent to the recipient that had granted
+    await asyncio.sleep(0.3)
+    assert (await world.inbox("user"))["contains"] == before["contains"]
+    # a grant on another topic does not help
+    other_topic = await world.publish(
+        {"recipient": PARTICIPANT, "topic": "realestate/listing#add", "data": DATA}
+    )
+    assert other_topic.status == 403
+    # an unknown pod on this server cannot have granted
+    ghost = await world.publish({"recipient": BASE + "ghost/profile/card#me", "topic": TOPIC, "data": DATA})
+    assert ghost.status == 403
+
+
+async def test_recipients_deduplicated(world: World) -> None:
+    response = await world.publish({"recipient": [USER, USER], "source": USER, "topic": TOPIC, "data": DATA})
+    assert response.status == 201
+    events = await world.wait_inbox("user", 1)
+    await asyncio.sleep(0.3)
+    assert len(await world.wait_inbox("user", 1)) == 1 == len(events)
+
+
+async def test_forwarding_to_subscribers_and_read_rule(world: World) -> None:
+    store = world.app[STORE]
+    await subscribe(store, "user", SUBSCRIBER, "realestate")
+    await grant(store, "subscriber", USER, "realestate", "publish")  # the subscriber accepts the user's pod
+    # the subscription has no effect until the subscriber may read the topic
+    await world.publish(EXAMPLE)
+    await world.wait_inbox("user", 1)
+    await asyncio.sleep(0.3)
+    assert await world.wait_inbox("subscriber", 1, timeout=0.2) == []
+    await grant(store, "user", SUBSCRIBER, "realestate", "subscribe")
+    response = await world.publish(EXAMPLE)
+    event_id = (await response.json())["id"]
+    (copy,) = await world.wait_inbox("subscriber", 1)
+    assert copy["id"] == event_id
+    assert copy["originalRecipient"] == USER
+
+
+async def test_inbox_paging(world: World) -> None:
+    for i in range(7):
+        response = await world.publish({"recipient": USER, "topic": TOPIC, "data": {"n": i}})
+        assert response.status == 201
+    await world.wait_inbox("user", 7)
+    first = await world.inbox("user", limit="3")
+    assert [e["data"]["n"] for e in first["contains"]] == [0, 1, 2]
+    # paging is stable while new events arrive
+    await world.publish({"recipient": USER, "topic": TOPIC, "data": {"n": 7}})
+    second = await world.inbox("user", limit="3", **{"from": first["next"]})
+    assert [e["data"]["n"] for e in second["contains"]] == [3, 4, 5]
+    links = await world.inbox("user", limit="2", format="links")
+    assert all(isinstance(u, str) and u.startswith(BASE + "user/inbox/") for u in links["contains"])
+    # by timestamp / datetime: items that arrived at or after the given time
+    everything = await world.inbox("user", by="timestamp", **{"from": "0"})
+    assert len(everything["contains"]) == 8
+    future = await world.inbox("user", by="timestamp", **{"from": str(int(time.time() * 1000) + 3_600_000)})
+    assert future["contains"] == []
+    by_date = await world.inbox("user", by="datetime", **{"from": "2000-01-01T00:00:00Z"})
+    assert len(by_date["contains"]) == 8
+    bad = await world.client.get(
+        "/user/inbox/?by=weird&from=1", headers={"Accept": "application/json", **as_(USER)}
+    )
+    assert bad.status == 400
+    # acknowledging: DELETE an item
+    item = first["contains"][0]["@id"].removeprefix("http://pod.test")
+    assert (await world.client.delete(item, headers=as_(USER))).status == 204
+    assert [e["data"]["n"] for e in (await world.inbox("user", limit="2"))["contains"]] == [1, 2]
+    # turtle asks get the LDP listing
+    ttl = await world.client.get("/user/inbox/", headers={"Accept": "text/turtle", **as_(USER)})
+    assert ttl.headers["Content-Type"].startswith("text/turtle")
+
+
+async def test_inbox_accepts_plain_ldn_and_dedupes_events(world: World) -> None:
+    note = await world.client.post(
+        "/user/inbox/",
+        data=json.dumps({"@id": "", "http://schema.org/name": "hello"}),
+        headers={"Content-Type": "application/ld+json"},
+    )
+    assert note.status == 201 and note.headers["Location"].startswith(BASE + "user/inbox/")
+    options = await world.client.options("/user/inbox/")
+    assert "application/ld+json" in options.headers["Accept-Post"]
+    event = {"id": BASE + "producer/publish/" + "a" * 32, "topic": TOPIC, "data": DATA}
+    first = await world.client.post("/user/inbox/", data=json.dumps(event), headers={**JSON, **as_(PRODUCER)})
+    again = await world.client.post("/user/inbox/", data=json.dumps(event), headers={**JSON, **as_(PRODUCER)})
+    assert (first.status, again.status) == (201, 200)
+    assert first.headers["Location"] == again.headers["Location"]
+    stranger = await world.client.post(
+        "/user/inbox/", data=json.dumps(event), headers={**JSON, **as_(BASE + "nobody/profile/card#me")}
+    )
+    assert stranger.status == 403
+    assert (await stranger.json())["error"] == f"Not authorized to publish to {USER} on topic {TOPIC}"
+    anonymous = await world.client.post("/user/inbox/", data=json.dumps(event), headers=JSON)
+    assert anonymous.status == 401
+
+
+@pytest.fixture
+async def webhook() -> AsyncIterator[tuple[TestServer, list[tuple[dict[str, str], bytes]], list[int]]]:
+    received: list[tuple[dict[str, str], bytes]] = []
+    statuses: list[int] = [500, 500]  # fail twice, then accept
+
+    async def hook(request: web.Request) -> web.Response:
+        received.append((dict(request.headers), await request.read()))
+        return web.Response(status=statuses.pop(0) if statuses else 200)
+
+    app = web.Application()
+    app.router.add_post("/hook", hook)
+    server = TestServer(app, host="127.0.0.1")
+    await server.start_server()
+    yield server, received, statuses
+    await server.close()
+
+
+async def test_webhook_retried_with_valid_signature(world: World, webhook: Any, monkeypatch: Any) -> None:
+    server, received, _ = webhook
+    monkeypatch.setattr("pod.delivery.backoff", lambda attempts: 0.05)
+    store = world.app[STORE]
+    url = str(server.make_url("/hook"))
+    await subscribe(store, "user", SUBSCRIBER, "realestate", webhook=url, secret="s3cret")
+    await grant(store, "user", SUBSCRIBER, "realestate", "subscribe")
+    await world.publish(EXAMPLE)
+    for _ in range(200):
+        if len(received) >= 3:
+            break
+        await asyncio.sleep(0.05)
+    assert len(received) == 3  # two 500s retried, then delivered
+    for headers, body in received:
+        expected = "sha256=" + hmac.new(b"s3cret", body, hashlib.sha256).hexdigest()
+        assert headers["X-Signature"] == expected
+        assert headers["X-Event-Id"].startswith(BASE + "producer/publish/")
+        assert json.loads(body)["topic"] == TOPIC
