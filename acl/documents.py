@@ -18,13 +18,18 @@ from ldp.identifiers import PodLocator
 from ldp.rdf import RDF_MEDIA_TYPES, normalize_media_type, parse_rdf
 from ldp.store import ResourceStore
 from ldp.vocab import SOLID, VCARD
-from pod.outbound import OutboundClient, OutboundError
+from pod.outbound import BlockedAddress, OutboundClient, OutboundError
 
 ACCEPT = "text/turtle, application/ld+json;q=0.9, application/n-triples;q=0.8"
 
 
 class DocumentError(Unauthorized):
     """A document needed to authenticate or authorize could not be had."""
+
+
+class DocumentRefused(DocumentError):
+    """The document's address is one the server never contacts (loopback, private, ...): asking
+    again will not help."""
 
 
 class Documents:
@@ -62,6 +67,8 @@ class Documents:
             return cached[1]
         try:
             graph = await self._fetch(doc)
+        except DocumentRefused:
+            raise
         except DocumentError as exc:
             self._remember(doc, now + self.failure_ttl, exc.message)
             raise
@@ -82,6 +89,8 @@ class Documents:
             raise DocumentError(f"Cannot fetch {doc}: remote documents are disabled")
         try:
             response = await self.outbound.get(doc, headers={"Accept": ACCEPT}, timeout=5.0)
+        except BlockedAddress as exc:
+            raise DocumentRefused(f"Cannot fetch {doc}: {exc}") from None
         except OutboundError as exc:
             raise DocumentError(f"Cannot fetch {doc}: {exc}") from None
         if not 200 <= response.status < 300:

@@ -24,12 +24,12 @@ from dataclasses import dataclass
 
 from rdflib import URIRef
 
-from acl.documents import DocumentError, Documents
+from acl.documents import DocumentError, DocumentRefused, Documents
 from acl.signatures import PodKey, load_pod_key, sign_request
 from ldp.errors import PodError
 from ldp.identifiers import PodLocator
 from ldp.vocab import LDP
-from pod.outbound import OutboundClient, OutboundError
+from pod.outbound import BlockedAddress, OutboundClient, OutboundError
 from pod.queue import Delivery, DeliveryQueue, backoff
 
 log = logging.getLogger("pod.delivery")
@@ -144,7 +144,7 @@ class DeliveryWorker:
                     await self._webhook(delivery)
                 else:
                     await self._inbox(delivery)
-            except Refused as exc:
+            except (Refused, DocumentRefused, BlockedAddress) as exc:
                 self.stats.failed += 1
                 outcome = (delivery.id, "failed", str(exc), None)
             except (Retry, OutboundError, DocumentError) as exc:

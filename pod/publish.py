@@ -20,7 +20,7 @@ from typing import Any
 from rdflib import URIRef
 
 from acl.apikeys import NO_KEY
-from acl.documents import Documents
+from acl.documents import DocumentRefused, Documents
 from acl.modes import create_in
 from acl.signatures import PodKey, sign_request
 from acl.wac import Wac
@@ -39,7 +39,7 @@ from pod.events import (
     validate_batch,
 )
 from pod.inbox import JSONLD, not_authorized
-from pod.outbound import OutboundClient, OutboundError
+from pod.outbound import BlockedAddress, OutboundClient, OutboundError, check_url
 from pod.queue import DeliveryQueue, NewDelivery
 
 log = logging.getLogger("pod.publish")
@@ -151,7 +151,11 @@ class RemoteTopicCheck:
 
     async def __call__(self, pod: str, webid: str, topic: Topic, publisher: str) -> bool | None:
         try:
+            # A literal non-public address is refused outright, before any lookup.
+            check_url(webid, allow_loopback=self.outbound.allow_loopback)
             return await asyncio.wait_for(self._ask(pod, webid, topic), self.timeout)
+        except (BlockedAddress, DocumentRefused):
+            raise BadRequest(f"Invalid ID: {webid}") from None
         except (TimeoutError, OutboundError, PodError) as exc:
             log.info("could not ask %s about topic %s in time: %s", webid, topic, exc)
             return None

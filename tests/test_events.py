@@ -68,6 +68,22 @@ class World:
                 return events
             await asyncio.sleep(0.05)
 
+    async def wait_inbox_all(self, pod: str, count: int, timeout: float = 30.0) -> list[Any]:
+        """Every event in ``pod``'s inbox, following ``next`` across pages."""
+        deadline = asyncio.get_running_loop().time() + timeout
+        while True:
+            events: list[Any] = []
+            token = ""
+            while True:
+                page = await self.inbox(pod, limit="500", **({"from": token} if token else {}))
+                events += [c for c in page["contains"] if isinstance(c, dict) and "topic" in c]
+                if not page["contains"]:
+                    break
+                token = page["next"]
+            if len(events) >= count or asyncio.get_running_loop().time() > deadline:
+                return events
+            await asyncio.sleep(0.1)
+
 
 @pytest.fixture
 async def world(make_client: ClientFactory) -> AsyncIterator[World]:
@@ -226,6 +242,7 @@ async def test_inbox_paging(world: World) -> None:
     links = await world.inbox("user", limit="2", format="links")
     assert all(isinstance(u, str) and u.startswith(BASE + "user/inbox/") for u in links["contains"])
     # by timestamp / datetime: items that arrived at or after the given time
+    await world.wait_inbox("user", 8)
     everything = await world.inbox("user", by="timestamp", **{"from": "0"})
     assert len(everything["contains"]) == 8
     future = await world.inbox("user", by="timestamp", **{"from": str(int(time.time() * 1000) + 3_600_000)})
@@ -303,3 +320,43 @@ async def test_webhook_retried_with_valid_signature(world: World, webhook: Any, 
         assert headers["X-Signature"] == expected
         assert headers["X-Event-Id"].startswith(BASE + "producer/publish/")
         assert json.loads(body)["topic"] == TOPIC
+
+
+@pytest.mark.parametrize(
+    "recipient",
+    [
+        "http://10.0.0.7/profile/card#me",
+        "http://192.168.1.2/me",
+        "http://169.254.169.254/latest#me",
+        "http://[fd00::1]/me",
+    ],
+)
+async def test_private_address_recipients_refused(world: World, recipient: str) -> None:
+    response = await world.publish({"recipient": recipient, "topic": TOPIC, "data": DATA})
+    assert response.status == 400
+    assert await response.json() == {"error": f"Invalid ID: {recipient}"}
+
+
+async def test_oversized_publish_is_413(make_client: ClientFactory) -> None:
+    client = await make_client(as_agent=None, max_body_size=2048)
+    _, key = await client.server.app[API_KEYS].create("alice", APP)
+    big = {"recipient": USER, "topic": TOPIC, "data": {"blob": "x" * 5000}}
+    response = await client.post(
+        "/alice/publish/",
+        data=json.dumps(big),
+        headers={"Content-Type": "application/json", "x-api-key": key},
+    )
+    assert response.status == 413
+    assert "limit" in (await response.json())["error"]
+
+
+async def test_flood_to_one_inbox_is_absorbed(world: World) -> None:
+    """Many concurrent publishes to one inbox: every acknowledged event arrives, the server answers."""
+    responses = await asyncio.gather(
+        *(world.publish({"recipient": USER, "topic": TOPIC, "data": {"n": i}}) for i in range(300))
+    )
+    assert {r.status for r in responses} == {201}
+    ids = {(await r.json())["id"] for r in responses}
+    assert (await world.client.get("/producer/profile/card")).status == 200  # still responsive
+    events = await world.wait_inbox_all("user", 300)
+    assert {e["id"] for e in events} == ids
