@@ -7,7 +7,6 @@ request with that name. Keys, signatures and HTTP fetches are all real.
 from __future__ import annotations
 
 import asyncio
-import statistics
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -607,38 +606,23 @@ async def test_a_cached_signature_lasts_no_longer_than_the_jwks(
     assert "no key with kid ec-1" in await refused(verifier, scene.request(token=token))
 
 
-# -- cost --------------------------------------------------------------------------------------------
+# -- warm caches ---------------------------------------------------------------------------------------
+# (What a warm verify costs is measured by scripts/bench, not here.)
 
 
 @pytest.mark.parametrize(
     ("issuer_kid", "same_token"), [("ec-1", True), ("ec-1", False), ("rsa-1", True), ("rsa-1", False)]
 )
-async def test_cost_of_a_warm_verify(
-    issuer: OidcIssuer,
-    fetch_json: FetchJson,
-    issuer_kid: str,
-    same_token: bool,
-    capsys: pytest.CaptureFixture[str],
+async def test_warm_verify_fetches_nothing_more(
+    issuer: OidcIssuer, fetch_json: FetchJson, issuer_kid: str, same_token: bool
 ) -> None:
-    """JWKS warm. With the same token on every request (the usual case) a verify is one proof
-    signature check plus parsing; a new token adds the token's signature check."""
+    """Once discovery and JWKS are cached, verifying fetches nothing, with the same token on every
+    request (the usual case) or a new one each time."""
     scene = make_scene(issuer, "ES256")
     verifier = make_verifier(scene, fetch_json)
     token = scene.token(kid=issuer_kid)
     await verify(verifier, scene.request(token=token))  # warm the caches
-    tokens = [token if same_token else scene.token(kid=issuer_kid) for _ in range(300)]
-    requests = [scene.request(token=each) for each in tokens]
-    timings = []
-    for request in requests:
-        start = time.perf_counter()
-        await verify(verifier, request)
-        timings.append(time.perf_counter() - start)
-    median = statistics.median(timings) * 1e6
-    with capsys.disabled():
-        print(
-            f"\nwarm verify, ES256 proof, {issuer_kid} token, {'same' if same_token else 'new'} token: "
-            f"median {median:.0f} µs, "
-            f"p95 {sorted(timings)[int(len(timings) * 0.95)] * 1e6:.0f} µs"
-        )
-    assert median < 10_000  # generous: a regression to per-request fetching would be far above
+    for _ in range(50):
+        each = token if same_token else scene.token(kid=issuer_kid)
+        await verify(verifier, scene.request(token=each))
     assert issuer.requests == ["/.well-known/openid-configuration", "/jwks"]
