@@ -360,3 +360,113 @@ async def test_flood_to_one_inbox_is_absorbed(world: World) -> None:
     assert (await world.client.get("/producer/profile/card")).status == 200  # still responsive
     events = await world.wait_inbox_all("user", 300)
     assert {e["id"] for e in events} == ids
+
+
+async def test_self_service_subscription(world: World) -> None:
+    """An agent that may read a topic adds and removes its own subscription without being the owner."""
+    store = world.app[STORE]
+    me = as_(SUBSCRIBER)
+    url = "/user/settings/subscriptions"
+    denied = await world.client.post(url, json={"topic": "realestate"}, headers=me)
+    assert denied.status == 403
+    assert (await world.client.post(url, json={"topic": "realestate"})).status == 401
+    await grant(store, "user", SUBSCRIBER, "realestate", "subscribe")
+    await grant(store, "subscriber", USER, "realestate", "publish")
+    bad = await world.client.post(url, json={"topic": "not a topic"}, headers=me)
+    assert (bad.status, (await bad.json())["error"]) == (400, "No valid topic found")
+    assert (await world.client.post(url, json={"topic": "realestate"}, headers=me)).status == 201
+    # the list itself stays owner-only
+    assert (await world.client.get(url, headers=me)).status == 403
+    owner_view = await (
+        await world.client.get(url, headers={"Accept": "application/ld+json", **as_(USER)})
+    ).json()
+    assert owner_view["subscriptions"] == [{"agent": SUBSCRIBER, "topics": ["realestate"]}]
+    await world.publish(EXAMPLE)
+    assert len(await world.wait_inbox("subscriber", 1)) == 1
+    removed = await world.client.delete(url + "?topic=realestate", headers=me)
+    assert removed.status == 204
+    owner_view = await (
+        await world.client.get(url, headers={"Accept": "application/ld+json", **as_(USER)})
+    ).json()
+    assert owner_view["subscriptions"] == []
+
+
+async def test_owner_writes_of_subscriptions_are_validated(world: World) -> None:
+    url = "/user/settings/subscriptions"
+    headers = {"Content-Type": "application/ld+json", **as_(USER)}
+    bad = await world.client.put(
+        url, data=json.dumps({"subscriptions": [{"agent": "nope"}]}), headers=headers
+    )
+    assert bad.status == 400
+    no_secret = {
+        "subscriptions": [{"agent": SUBSCRIBER, "topics": ["realestate"], "webhook": "https://h.example/"}]
+    }
+    assert (await world.client.put(url, data=json.dumps(no_secret), headers=headers)).status == 400
+    good = {"subscriptions": [{"agent": SUBSCRIBER, "topics": ["realestate/contact"]}]}
+    assert (await world.client.put(url, data=json.dumps(good), headers=headers)).status == 201
+
+
+async def test_remote_context_in_notification_refused(world: World) -> None:
+    note = {"@context": "https://evil.example/context.jsonld", "@id": "", "name": "x"}
+    response = await world.client.post(
+        "/user/inbox/", data=json.dumps(note), headers={"Content-Type": "application/ld+json"}
+    )
+    assert response.status == 400
+    assert "https://evil.example/context.jsonld" in (await response.json())["error"]
+
+
+async def test_cli_grant_subscribe_and_replay(tmp_path: Any) -> None:
+    from tests.test_cli import run
+
+    common = ["--data-dir", str(tmp_path), "--base-url", BASE]
+    for name in ("user", "producer"):
+        assert run("create", name, *common).returncode == 0
+    granted = run("grant", "user", "--agent", PRODUCER, "--publish", "realestate", *common)
+    assert granted.returncode == 0 and "Granted publish on realestate" in granted.stdout
+    assert run("grant", "user", "--agent", PRODUCER, "--publish", "bad topic!", *common).returncode == 1
+    assert run("grant", "user", "--agent", PRODUCER, *common).returncode == 2  # --publish or --subscribe
+    subscribed = run("subscribe", "user", "--agent", SUBSCRIBER, "--topic", "realestate", *common)
+    assert subscribed.returncode == 0 and "1 subscription" in subscribed.stdout
+    hook = run(
+        "subscribe",
+        "user",
+        "--agent",
+        SUBSCRIBER,
+        "--topic",
+        "realestate",
+        "--webhook",
+        "https://h.example/",
+        *common,
+    )
+    assert hook.returncode == 1 and "--secret" in hook.stderr
+    removed = run("subscribe", "user", "--agent", SUBSCRIBER, "--topic", "realestate", "--remove", *common)
+    assert "0 subscription" in removed.stdout
+    revoked = run("grant", "user", "--agent", PRODUCER, "--publish", "realestate", "--remove", *common)
+    assert revoked.returncode == 0 and "Removed" in revoked.stdout
+    replay = run("replay", "user", "--from", "2020-01-01T00:00:00Z", *common)
+    assert replay.returncode == 0 and "Queued 0 deliveries" in replay.stdout
+    assert run("replay", "user", "--states", "weird", *common).returncode == 2
+
+
+async def test_refused_delivery_is_failed_with_reason_then_replayed(world: World) -> None:
+    from pod.queue import NewDelivery
+    from pod.state import QUEUE, WORKER
+
+    queue = world.app[QUEUE]
+    event_id = BASE + "producer/publish/" + "b" * 32
+    payload = json.dumps({"id": event_id, "topic": TOPIC, "data": DATA, "publisher": PRODUCER}).encode()
+    await queue.commit("producer", [], [NewDelivery(event_id, "producer", "inbox", SUBSCRIBER, payload)])
+    world.app[WORKER].notify()
+    for _ in range(100):
+        (delivery,) = queue.for_event(event_id)
+        if delivery.state != "pending":
+            break
+        await asyncio.sleep(0.05)
+    assert delivery.state == "failed" and delivery.attempts == 1
+    assert delivery.last_error == f"HTTP 403: Not authorized to publish to {SUBSCRIBER} on topic {TOPIC}"
+    await grant(world.app[STORE], "subscriber", PRODUCER, "realestate", "publish")
+    assert (await world.client.post("/producer/.well-known/replay", headers=as_(USER))).status == 403
+    replayed = await world.client.post("/producer/.well-known/replay?from=0", headers=as_(PRODUCER))
+    assert (replayed.status, await replayed.json()) == (200, {"replayed": 1})
+    (copy,) = await world.wait_inbox("subscriber", 1)
+    assert copy["id"] == event_id
