@@ -76,7 +76,16 @@ class Authorizer:
                     headers={"WWW-Authenticate": WWW_AUTHENTICATE},
                 )
             needed = ", ".join(sorted({m.value for r in reqs for m in r.modes}))
-            raise Forbidden(f"{creds.webid} lacks {needed} access to {url}")
+            # A refused GET/HEAD still says what the agent may do: an agent holding only acl:Append
+            # (a publisher on a topic container) learns it from WAC-Allow, which is how another
+            # pod's publish check asks (pod.publish.RemoteTopicCheck); without the header every such
+            # answer was inconclusive and a publish the recipient refuses was accepted.
+            headers = (
+                {"WAC-Allow": (await self.wac.permissions(pod, path, creds.webid, origin)).header()}
+                if method in ("GET", "HEAD")
+                else None
+            )
+            raise Forbidden(f"{creds.webid} lacks {needed} access to {url}", headers=headers)
         if method in ("GET", "HEAD"):
             return await self.wac.permissions(pod, path, creds.webid, origin)
         return None

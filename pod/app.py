@@ -82,11 +82,18 @@ async def _storage(app: web.Application) -> AsyncIterator[None]:
         unsafe_webid_header=config.unsafe_webid_header,
     )
     wac = app[AUTHORIZER].wac
-    queue = DeliveryQueue(accessor)
+    queue = DeliveryQueue(accessor, lease=config.delivery_lease)
     await queue.open()
     inbox = Inbox(accessor, locator, wac)
     worker = DeliveryWorker(
-        queue, locator, documents, outbound, inbox.receive, accessor.pod_key, max_age=config.delivery_max_age
+        queue,
+        locator,
+        documents,
+        outbound,
+        inbox.receive,
+        accessor.pod_key,
+        max_age=config.delivery_max_age,
+        max_backoff=config.delivery_max_backoff,
     )
     app[QUEUE], app[INBOX_RECEIVER], app[WORKER] = queue, inbox, worker
     app[PUBLISHER] = Publisher(

@@ -39,6 +39,11 @@ class Config:
     unsafe_webid_header: bool = False  # accept "Authorization: WebID <uri>" (conformance tests only)
     allow_loopback: bool = False  # let the outbound client reach loopback (tests, local demos)
     delivery_max_age: int = 3 * 24 * 3600  # seconds after which an undelivered event is failed
+    # Longest wait between two attempts of one delivery (the exponential backoff's cap), and how long
+    # a worker holds a claimed delivery: after a crash it is due again once the lease runs out. Keep
+    # the lease above the delivery timeouts; tests lower both to exercise retries and crashes quickly.
+    delivery_max_backoff: int = 600
+    delivery_lease: int = 60
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     @property
@@ -96,6 +101,9 @@ def _validate(cfg: Config) -> Config:
         raise ConfigError(f"invalid log_level: {cfg.log_level!r} (expected one of {', '.join(LOG_LEVELS)})")
     if cfg.max_body_size <= 0:
         raise ConfigError(f"invalid max_body_size: {cfg.max_body_size}")
+    for name in ("delivery_max_backoff", "delivery_lease"):
+        if getattr(cfg, name) < 1:
+            raise ConfigError(f"invalid {name}: {getattr(cfg, name)} (at least 1 second)")
     if cfg.base_url:
         parts = urlsplit(cfg.base_url)
         if parts.scheme not in ("http", "https") or not parts.netloc or parts.query or parts.fragment:

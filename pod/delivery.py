@@ -78,6 +78,7 @@ class DeliveryWorker:
         pod_key: PodKeyLoader,
         *,
         max_age: float = 3 * 24 * 3600.0,
+        max_backoff: float = 600.0,
         concurrency: int = 64,
         timeout: float = 10.0,
     ) -> None:
@@ -88,6 +89,7 @@ class DeliveryWorker:
         self.receive_local = receive_local
         self.pod_key = pod_key
         self.max_age = max_age
+        self.max_backoff = max_backoff
         self.concurrency = concurrency
         self.timeout = timeout
         self.stats = Stats()
@@ -159,7 +161,8 @@ class DeliveryWorker:
                     )
                 else:
                     self.stats.retried += 1
-                    outcome = (delivery.id, "pending", message, time.time() + backoff(delivery.attempts + 1))
+                    delay = min(self.max_backoff, backoff(delivery.attempts + 1))
+                    outcome = (delivery.id, "pending", message, time.time() + delay)
             except Exception as exc:  # a bug must not lose the delivery: retry it later
                 log.exception("delivery %s failed unexpectedly", delivery.id)
                 outcome = (

@@ -93,7 +93,10 @@ async def event_with_deliveries(request: web.Request, target: Target) -> web.Str
     record = await app[STORE].read(target.pod, target.path)
     doc = json.loads(record.body)
     url = app[LOCATOR].url(target.pod, target.path)
-    doc["deliveries"] = [d.as_json() for d in app[QUEUE].for_event(url)]
+    # Only this pod's own deliveries: a pod on the same server that received the event queues its
+    # forwards to its subscribers under the same shared event id, and those are not the
+    # publisher's business (on another server the publisher could not see them either).
+    doc["deliveries"] = [d.as_json() for d in app[QUEUE].for_event(url) if d.sender == target.pod]
     return web.json_response(doc, content_type="application/ld+json")
 
 
