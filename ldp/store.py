@@ -23,7 +23,7 @@ from ldp.errors import BadRequest, Conflict, MethodNotAllowed, NotFound, Unsuppo
 from ldp.identifiers import PodLocator, check_segment, is_acl, is_container, parent_of
 from ldp.patch import Patch, parse_patch
 from ldp.preconditions import check_write
-from ldp.rdf import is_rdf_type, parse_rdf, serialize_rdf
+from ldp.rdf import is_rdf_type, parse_rdf, serialize_rdf, validate_rdf
 from ldp.vocab import LDP, PIM, RDF, SOLID
 
 T = TypeVar("T")
@@ -159,7 +159,7 @@ class ResourceStore:
         if is_acl(path) and not is_rdf_type(content_type):
             raise UnsupportedMediaType("An ACL resource must be RDF (text/turtle)")
         if is_rdf_type(content_type):
-            parse_rdf(body, content_type, url)  # refuse what we could not serve back as RDF
+            validate_rdf(body, content_type, url)  # refuse what we could not serve back as RDF
         return content_type, body
 
     async def put(

@@ -15,7 +15,7 @@ from rdflib.compare import isomorphic
 from ldp import jsonld
 from ldp.conneg import accepts, choose_rdf_type, parse_accept
 from ldp.errors import BadRequest, NotAcceptable, UnsupportedMediaType
-from ldp.rdf import RDF_MEDIA_TYPES, is_rdf_type, normalize_media_type, parse_rdf, serialize_rdf
+from ldp.rdf import RDF_MEDIA_TYPES, is_rdf_type, normalize_media_type, parse_rdf, serialize_rdf, validate_rdf
 from ldp.vocab import AS, LDP
 
 RDF = rdflib.RDF
@@ -245,22 +245,22 @@ def test_remote_context_refused_without_network(doc: Any, url: str, no_network: 
     ("body", "media_type", "message"),
     [
         (b"\xff\xfe<a> <b> <c> .", "text/turtle", "Invalid text/turtle: body is not valid UTF-8"),
-        (b"<a> <b> .", "text/turtle", "Invalid text/turtle: line 1:"),
+        (b"<a> <b> .", "text/turtle", "Invalid text/turtle: line 1 column 9: . is not a valid RDF object"),
         (
             b"@prefix ex: <http://ex/> .\nex:a ex:b ex:c ;\nex:d",
             "text/turtle",
-            "Invalid text/turtle: unexpected end",
+            "Invalid text/turtle: line 3 column 5: Unexpected end",
         ),
         (
             b"@prefix ex: <http://ex/> .\nex:a ex:b ex:c ;\nex:d .",
             "text/turtle",
-            "Invalid text/turtle: line 3:",
+            "Invalid text/turtle: line 3 column 6:",
         ),
         (b"ex:a ex:b ex:c .", "text/turtle", "Invalid text/turtle:"),
         (b'<http://a> <http://b> "c .\n', "application/n-triples", "Invalid application/n-triples:"),
         (b"<a> <http://b> <http://c> .\n", "application/n-triples", "Invalid application/n-triples:"),
-        (b"<http://a b> <http://p> <http://o> .", "text/turtle", "Invalid text/turtle: invalid IRI"),
-        (b'<http://a> <http://p> "\\uD800" .', "text/turtle", "unpaired UTF-16 surrogate"),
+        (b"<http://a b> <http://p> <http://o> .", "text/turtle", "Invalid IRI code point ' '"),
+        (b'<http://a> <http://p> "\\uD800" .', "text/turtle", "not a valid unicode character"),
         (b"{ ?x <http://p> ?y } => { ?y <http://p> ?x } .", "text/n3", "N3 formulae"),
         (b"<http://s> <http://p> ?x .", "text/n3", "N3 variables (?x)"),
         (b'"literal" <http://p> <http://o> .', "text/n3", "cannot be the subject"),
@@ -419,3 +419,30 @@ def test_parse_accept_orders_by_q_then_specificity() -> None:
 )
 def test_accepts(accept: str | None, media_type: str, expected: bool) -> None:
     assert accepts(accept, media_type) is expected
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"<a> <b> .",
+        b"@prefix ex: <http://ex/> .\nex:a ex:b ex:c ;\nex:d",
+        b"<http://a b> <http://p> <http://o> .",
+        b'<http://a> <http://p> "\\uD800" .',
+        b"<http://a> <http://p> <<( <http://s> <http://p> <http://o> )>> .",
+        b"\xff\xfe",
+    ],
+)
+@pytest.mark.parametrize("media_type", ["text/turtle", "application/n-triples"])
+def test_validate_agrees_with_parse(body: bytes, media_type: str) -> None:
+    """The write path validates without building a graph; it must refuse exactly what parsing does."""
+    with pytest.raises(BadRequest) as parsed:
+        parse_rdf(body, media_type, BASE)
+    with pytest.raises(BadRequest) as validated:
+        validate_rdf(body, media_type, BASE)
+    assert validated.value.message == parsed.value.message
+
+
+def test_validate_accepts_what_parse_accepts() -> None:
+    body = b'@prefix ex: <http://ex/> . <#a> ex:p "x"@en, 3, [ ex:q <b> ] .'
+    validate_rdf(body, "text/turtle", BASE)
+    assert len(parse_rdf(body, "text/turtle", BASE)) == 4
