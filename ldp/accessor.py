@@ -8,11 +8,13 @@ than a fork.
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
 from ldp.errors import Conflict
+from ldp.identifiers import is_container
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,6 +34,59 @@ class VersionMismatch(Conflict):
 
 ANY_VERSION = "*"  # expect: the resource exists, whatever its version
 ABSENT = ""  # expect: the resource does not exist
+
+
+# -- rules every backend applies the same way ------------------------------------------------------
+
+
+def new_version() -> str:
+    return os.urandom(8).hex()
+
+
+def check_expect(current: str | None, expect: str | None, path: str) -> None:
+    """Raise VersionMismatch unless the stored version ``current`` (None: absent) meets ``expect``."""
+    if expect is None:
+        return
+    if expect == ABSENT:
+        if current is not None:
+            raise VersionMismatch(f"{path} already exists")
+    elif current is None:
+        raise VersionMismatch(f"{path} does not exist")
+    elif expect != ANY_VERSION and expect != current:
+        raise VersionMismatch(f"{path} was modified concurrently")
+
+
+def twin_of(path: str) -> str:
+    """The other resource of the same name: ``/a`` for ``/a/`` and back; both cannot exist."""
+    return path[:-1] if is_container(path) else path + "/"
+
+
+# -- schema migrations -----------------------------------------------------------------------------
+
+
+class DatabaseError(Exception):
+    """The database cannot be used: unreachable, refused, or its schema is newer than this server."""
+
+
+@dataclass(frozen=True, slots=True)
+class Migration:
+    """One numbered step of a backend's schema. Each is applied once, in order, in one transaction,
+    and recorded in the database's ``schema_migrations`` table; released steps are never edited."""
+
+    version: int
+    name: str
+    sql: str
+
+
+def pending(migrations: Sequence[Migration], applied: set[int]) -> list[Migration]:
+    """The steps still to apply; DatabaseError if a newer server already migrated the database."""
+    latest = max(m.version for m in migrations)
+    newest = max(applied, default=0)
+    if newest > latest:
+        raise DatabaseError(
+            f"the database schema is at version {newest}; this server knows versions up to {latest}"
+        )
+    return [m for m in sorted(migrations, key=lambda m: m.version) if m.version not in applied]
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,6 +139,13 @@ class StorageAccessor(Protocol):
         ...
 
     async def get_acl(self, pod: str, path: str) -> tuple[bytes, str] | None: ...
+
+    async def arrivals(
+        self, pod: str, container: str, after: int, since: float, limit: int
+    ) -> list[tuple[int, Record, float]]:
+        """Members of ``container`` in arrival order as (sequence, record, created), sequence >
+        ``after``, created >= ``since``; sequences are never reused, so paging by them is stable."""
+        ...
 
     async def pods(self) -> list[str]: ...
 

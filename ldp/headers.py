@@ -21,7 +21,7 @@ STORAGE_DESCRIPTION_REL = "http://www.w3.org/ns/solid/terms#storageDescription"
 STORAGE_DESCRIPTION_PATH = "/.well-known/solid"
 EXPOSED = (
     "Accept-Patch, Accept-Post, Accept-Put, Allow, Content-Range, ETag, Last-Modified, Link, Location, "
-    "Updates-Via, WAC-Allow, WWW-Authenticate"
+    "Updates-Via, WAC-Allow, WWW-Authenticate, X-Request-Id"
 )
 
 

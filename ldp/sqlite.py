@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import sqlite3
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -28,12 +27,15 @@ from pathlib import Path
 from typing import Any
 
 from acl.apikeys import ApiKey
-from ldp.accessor import ABSENT, ANY_VERSION, Record, VersionMismatch, Write
+from ldp.accessor import Migration, Record, Write, check_expect, new_version, pending, twin_of
 from ldp.errors import Conflict, NotFound
 from ldp.identifiers import ancestors, is_acl, is_container, parent_of
 
-SCHEMA_VERSION = 1
-_SCHEMA = """
+# The schema, as numbered steps (``ldp.accessor.Migration``). Step 1 is written with IF NOT EXISTS:
+# databases made before steps were numbered (they recorded ``schema_version`` 1 in ``meta``) already
+# have these tables and adopt it unchanged. The delivery queue's tables (``pod.queue_sqlite``) live
+# here too: the queue commits in the same transactions as the resources.
+_SCHEMA_1 = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS pods (name TEXT PRIMARY KEY, created REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS resources (
@@ -61,14 +63,38 @@ CREATE INDEX IF NOT EXISTS api_keys_pod ON api_keys(pod);
 CREATE TABLE IF NOT EXISTS pod_keys (pod TEXT PRIMARY KEY, key_id TEXT NOT NULL, private_pem BLOB NOT NULL);
 CREATE INDEX IF NOT EXISTS resources_children ON resources(pod, parent, path) WHERE parent IS NOT NULL;
 CREATE INDEX IF NOT EXISTS resources_arrivals ON resources(pod, parent, id) WHERE parent IS NOT NULL;
+CREATE TABLE IF NOT EXISTS deliveries (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    event_id TEXT NOT NULL,          -- the event's shared id (its URL at the publishing pod)
+    sender TEXT NOT NULL,            -- pod whose key signs the delivery
+    kind TEXT NOT NULL,              -- 'inbox' or 'webhook'
+    recipient TEXT NOT NULL,         -- WebID of the receiving agent
+    target TEXT NOT NULL DEFAULT '', -- inbox URL ('' = discover from the WebID) or webhook URL
+    secret TEXT NOT NULL DEFAULT '', -- webhook HMAC secret
+    payload BLOB NOT NULL,
+    state TEXT NOT NULL DEFAULT 'pending',  -- pending, delivered or failed
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_attempt REAL NOT NULL,
+    lease_until REAL NOT NULL DEFAULT 0,
+    last_error TEXT NOT NULL DEFAULT '',
+    created REAL NOT NULL,
+    finished REAL
+);
+CREATE INDEX IF NOT EXISTS deliveries_due ON deliveries(state, next_attempt);
+CREATE INDEX IF NOT EXISTS deliveries_event ON deliveries(event_id);
+CREATE TABLE IF NOT EXISTS received (
+    pod TEXT NOT NULL,
+    sender TEXT NOT NULL,
+    event_id TEXT NOT NULL,
+    path TEXT NOT NULL,
+    PRIMARY KEY (pod, sender, event_id)
+)
 """
+MIGRATIONS = (Migration(1, "resources, pods, keys and the delivery queue", _SCHEMA_1),)
+SCHEMA_VERSION = MIGRATIONS[-1].version
 _MAX_BATCH = 512
 
 Job = Callable[[sqlite3.Connection], Any]
-
-
-def new_version() -> str:
-    return os.urandom(8).hex()
 
 
 def _connect(path: Path) -> sqlite3.Connection:
@@ -77,18 +103,6 @@ def _connect(path: Path) -> sqlite3.Connection:
     conn.execute("PRAGMA synchronous=FULL")
     conn.execute("PRAGMA busy_timeout=30000")
     return conn
-
-
-def _check_expect(current: str | None, expect: str | None, path: str) -> None:
-    if expect is None:
-        return
-    if expect == ABSENT:
-        if current is not None:
-            raise VersionMismatch(f"{path} already exists")
-    elif current is None:
-        raise VersionMismatch(f"{path} does not exist")
-    elif expect != ANY_VERSION and expect != current:
-        raise VersionMismatch(f"{path} was modified concurrently")
 
 
 def _version_of(conn: sqlite3.Connection, pod: str, path: str) -> str | None:
@@ -127,10 +141,6 @@ def _insert(conn: sqlite3.Connection, pod: str, path: str, ctype: str, body: byt
     return version
 
 
-def _twin(path: str) -> str:
-    return path[:-1] if is_container(path) else path + "/"
-
-
 def write_in(conn: sqlite3.Connection, pod: str, w: Write) -> tuple[Record, bool]:
     """Apply a write inside a job's transaction (see ``SqliteAccessor.run_job``)."""
     return _write(conn, pod, w)
@@ -139,7 +149,7 @@ def write_in(conn: sqlite3.Connection, pod: str, w: Write) -> tuple[Record, bool
 def _write(conn: sqlite3.Connection, pod: str, w: Write) -> tuple[Record, bool]:
     now = time.time()
     current = _version_of(conn, pod, w.path)
-    _check_expect(current, w.expect, w.path)
+    check_expect(current, w.expect, w.path)
     if current is not None:
         version = new_version()
         conn.execute(
@@ -149,8 +159,8 @@ def _write(conn: sqlite3.Connection, pod: str, w: Write) -> tuple[Record, bool]:
         if is_acl(w.path):
             _bump_acl_epoch(conn)
         return Record(w.path, w.content_type, w.body, version, now), False
-    if w.path != "/" and _version_of(conn, pod, _twin(w.path)) is not None:
-        raise Conflict(f"{_twin(w.path)} already exists; a container and a document cannot share a name")
+    if w.path != "/" and _version_of(conn, pod, twin_of(w.path)) is not None:
+        raise Conflict(f"{twin_of(w.path)} already exists; a container and a document cannot share a name")
     for container in ancestors(w.path):
         if _version_of(conn, pod, container) is None:
             if container != "/" and _version_of(conn, pod, container[:-1]) is not None:
@@ -162,11 +172,38 @@ def _write(conn: sqlite3.Connection, pod: str, w: Write) -> tuple[Record, bool]:
     return Record(w.path, w.content_type, w.body, version, now), True
 
 
+def _migrate(conn: sqlite3.Connection) -> list[Migration]:
+    """Apply the pending steps in one transaction. BEGIN IMMEDIATE takes the database's write lock
+    first, so two processes opening a new file at once apply each step once."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        conn.execute(
+            "CREATE TABLE IF NOT EXISTS schema_migrations"
+            " (version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied REAL NOT NULL)"
+        )
+        applied = {int(r[0]) for r in conn.execute("SELECT version FROM schema_migrations")}
+        steps = pending(MIGRATIONS, applied)
+        for step in steps:
+            for statement in step.sql.split(";"):  # the steps' SQL has no ';' but between statements
+                if statement.strip():
+                    conn.execute(statement)
+            conn.execute(
+                "INSERT INTO schema_migrations(version, name, applied) VALUES (?, ?, ?)",
+                (step.version, step.name, time.time()),
+            )
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+    return steps
+
+
 def _delete(conn: sqlite3.Connection, pod: str, path: str, expect: str | None) -> None:
     current = _version_of(conn, pod, path)
     if current is None:
         raise NotFound(f"{path} does not exist")
-    _check_expect(current, expect, path)
+    check_expect(current, expect, path)
     if (
         is_container(path)
         and conn.execute("SELECT 1 FROM resources WHERE pod=? AND parent=? LIMIT 1", (pod, path)).fetchone()
@@ -189,6 +226,7 @@ class SqliteAccessor:
         self._executor: ThreadPoolExecutor | None = None
         self._queue: asyncio.Queue[tuple[Job, asyncio.Future[Any]]] | None = None
         self._task: asyncio.Task[None] | None = None
+        self.applied: list[Migration] = []  # the schema steps this open applied
 
     # -- lifecycle -------------------------------------------------------------------------------
     async def open(self) -> None:
@@ -203,19 +241,11 @@ class SqliteAccessor:
 
     def _open_writer(self) -> sqlite3.Connection:
         conn = _connect(self.path)
-        conn.execute("BEGIN IMMEDIATE")
         try:
-            for statement in _SCHEMA.split(";"):
-                if statement.strip():
-                    conn.execute(statement)
-        except sqlite3.Error:
-            conn.execute("ROLLBACK")
+            self.applied = _migrate(conn)
+        except BaseException:
+            conn.close()
             raise
-        conn.execute(
-            "INSERT OR IGNORE INTO meta(key, value) VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),)
-        )
-        if conn.in_transaction:
-            conn.execute("COMMIT")
         return conn
 
     async def close(self) -> None:
@@ -404,6 +434,10 @@ class SqliteAccessor:
 
         result: bool = await self._run(job)
         return result
+
+    async def schema_version(self) -> int:
+        row = self._read().execute("SELECT MAX(version) FROM schema_migrations").fetchone()
+        return 0 if row is None or row[0] is None else int(row[0])
 
     async def pod_key(self, pod: str) -> tuple[str, bytes] | None:
         row = self._read().execute("SELECT key_id, private_pem FROM pod_keys WHERE pod=?", (pod,)).fetchone()

@@ -15,18 +15,19 @@ from acl.documents import Documents
 from acl.oidc import DpopVerifier
 from acl.signatures import SignatureVerifier, webid_key_from_graph
 from acl.wac import Wac
-from ldp.sqlite import SqliteAccessor
+from ldp.errors import Conflict
 from ldp.store import ResourceStore
+from pod.backend import open_backend
 from pod.config import Config
 from pod.cors import add_cors_headers, preflight_middleware
 from pod.delivery import DeliveryWorker
 from pod.errors import error_middleware
 from pod.handlers import dispatch
 from pod.inbox import Inbox
+from pod.observability import install_operations, observe_middleware
 from pod.outbound import OutboundClient, OutboundError
 from pod.pods import create_pod
 from pod.publish import Publisher, RemoteTopicCheck
-from pod.queue import DeliveryQueue
 from pod.state import (
     API_KEYS,
     AUTHENTICATOR,
@@ -55,13 +56,13 @@ async def _outbound(app: web.Application) -> AsyncIterator[None]:
 async def _storage(app: web.Application) -> AsyncIterator[None]:
     config = app[CONFIG]
     locator = app[LOCATOR]
-    accessor = SqliteAccessor(config.database_path)
-    await accessor.open()
+    backend = await open_backend(config)
+    accessor, queue = backend.accessor, backend.queue
     store = ResourceStore(accessor, locator)
     documents = Documents(store, locator, app[OUTBOUND])
     app[STORE] = store
     app[DOCUMENTS] = documents
-    app[API_KEYS] = keys = ApiKeys(accessor)
+    app[API_KEYS] = keys = ApiKeys(backend.keys)
     app[AUTHORIZER] = Authorizer(Wac(accessor, locator, documents.group_members), accessor, locator)
     outbound = app[OUTBOUND]
 
@@ -82,9 +83,7 @@ async def _storage(app: web.Application) -> AsyncIterator[None]:
         unsafe_webid_header=config.unsafe_webid_header,
     )
     wac = app[AUTHORIZER].wac
-    queue = DeliveryQueue(accessor, lease=config.delivery_lease)
-    await queue.open()
-    inbox = Inbox(accessor, locator, wac)
+    inbox = Inbox(accessor, queue, locator, wac)
     worker = DeliveryWorker(
         queue,
         locator,
@@ -105,19 +104,23 @@ async def _storage(app: web.Application) -> AsyncIterator[None]:
             "Anyone can act as any agent. Use this only for conformance tests."
         )
     if config.demo_pod and not await accessor.pods():
-        info = await create_pod(accessor, locator, config.demo_pod, config.oidc_issuer)
-        log.info("created demo pod %s at %s (WebID %s)", info.name, info.url, info.webid)
+        try:
+            info = await create_pod(accessor, locator, config.demo_pod, config.oidc_issuer)
+            log.info("created demo pod %s at %s (WebID %s)", info.name, info.url, info.webid)
+        except Conflict:
+            pass  # another process on the same database (--workers, several machines) was first
     worker.start()  # resumes whatever a previous run left queued
     yield
     await worker.stop()
-    await accessor.close()
+    await backend.close()
 
 
 def create_app(config: Config) -> web.Application:
-    # Middleware order: preflights are answered before anything can refuse them; every error,
-    # including aiohttp's own (413), becomes a response in one place.
+    # Middleware order: every request gets its id and is measured first; preflights are answered
+    # before anything can refuse them; every error, including aiohttp's own (413), becomes a
+    # response in one place.
     app = web.Application(
-        middlewares=[preflight_middleware, error_middleware],
+        middlewares=[observe_middleware, preflight_middleware, error_middleware],
         client_max_size=config.max_body_size,
         handler_args={"max_field_size": 16384},
     )
@@ -126,5 +129,6 @@ def create_app(config: Config) -> web.Application:
     app.cleanup_ctx.append(_outbound)
     app.cleanup_ctx.append(_storage)
     app.on_response_prepare.append(add_cors_headers)
+    install_operations(app, config)  # /.health, /.metrics: server routes before the pods' catch-all
     app.router.add_route("*", "/{tail:.*}", dispatch)
     return app

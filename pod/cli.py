@@ -1,4 +1,4 @@
-"""The ``pod`` command: ``pod serve``, ``pod create NAME``, ``pod list``.
+"""The ``pod`` command: ``pod serve``, ``pod create NAME``, ``pod list``, ``pod migrate``, ...
 
 Every command takes the same configuration options, so ``pod create`` and ``pod list`` work on the
 data directory of a running server (SQLite in WAL mode lets them share the file) or of none.
@@ -10,21 +10,23 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import logging
 import sys
 import time
 from collections.abc import Sequence
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn, Protocol, runtime_checkable
 
 from acl.apikeys import ApiKeys
+from ldp.accessor import DatabaseError, Migration, StorageAccessor
 from ldp.errors import NotFound, PodError
-from ldp.sqlite import SqliteAccessor
 from ldp.store import ResourceStore
-from pod.config import CONFIG_FIELDS, LOG_LEVELS, Config, ConfigError, load_config
+from pod.backend import Backend, open_backend
+from pod.config import CONFIG_FIELDS, LOG_FORMATS, LOG_LEVELS, Config, ConfigError, load_config
 from pod.events import parse_time
 from pod.grants import grant, subscribe
 from pod.pods import check_pod_name, create_pod, pod_info
-from pod.queue import DeliveryQueue
+
+if TYPE_CHECKING:
+    from pod.workers import Child
 
 
 class _Parser(argparse.ArgumentParser):
@@ -65,6 +67,26 @@ def _common(parser: argparse.ArgumentParser) -> None:
         action="store_const",
         const=True,
         help="let outbound requests reach loopback addresses (tests and local multi-server demos)",
+    )
+    g.add_argument("--log-format", dest="log_format", choices=LOG_FORMATS, help="text (default) or json")
+    g.add_argument(
+        "--access-log",
+        dest="access_log",
+        action="store_const",
+        const=True,
+        help="log every request: method, path, status, duration (always on at --log-level debug)",
+    )
+    g.add_argument("--workers", metavar="N", help="server processes sharing the port (default 1)")
+    g.add_argument(
+        "--shutdown-timeout",
+        dest="shutdown_timeout",
+        metavar="SECONDS",
+        help="how long in-flight requests may finish after SIGTERM (default 30)",
+    )
+    g.add_argument(
+        "--database",
+        metavar="URL",
+        help="postgresql://user@host/db to run on PostgreSQL (default: the SQLite file in the data dir)",
     )
 
 
@@ -120,6 +142,7 @@ def build_parser() -> argparse.ArgumentParser:
     replay.add_argument("--states", default="failed", help="failed, delivered or both (comma-separated)")
     replay.add_argument("--wait", type=float, default=0.0, metavar="SECONDS", help="show progress this long")
     _common(replay)
+    _common(sub.add_parser("migrate", help="create or update the database schema; print its version"))
     return parser
 
 
@@ -128,14 +151,14 @@ def _config(args: argparse.Namespace) -> Config:
     return load_config(cli, config_file=args.config)
 
 
-async def _require_pod(accessor: SqliteAccessor, pod: str) -> None:
+async def _require_pod(accessor: StorageAccessor, pod: str) -> None:
     if not await accessor.pod_exists(pod):
         raise NotFound(f"No pod named {pod}")
 
 
-async def _key_command(accessor: SqliteAccessor, args: argparse.Namespace) -> int:
-    await _require_pod(accessor, args.pod)
-    keys = ApiKeys(accessor)
+async def _key_command(backend: Backend, args: argparse.Namespace) -> int:
+    await _require_pod(backend.accessor, args.pod)
+    keys = ApiKeys(backend.keys)
     if args.key_command == "create":
         key, secret = await keys.create(args.pod, args.agent, args.label)
         if args.json:
@@ -154,9 +177,9 @@ async def _key_command(accessor: SqliteAccessor, args: argparse.Namespace) -> in
     return 0
 
 
-async def _event_command(accessor: SqliteAccessor, config: Config, args: argparse.Namespace) -> int:
-    await _require_pod(accessor, args.pod)
-    store = ResourceStore(accessor, config.locator())
+async def _event_command(backend: Backend, config: Config, args: argparse.Namespace) -> int:
+    await _require_pod(backend.accessor, args.pod)
+    store = ResourceStore(backend.accessor, config.locator())
     if args.command == "grant":
         kind, pattern = ("publish", args.publish) if args.publish else ("subscribe", args.subscribe)
         url = await grant(store, args.pod, args.agent, pattern, kind, remove=args.remove)
@@ -176,8 +199,7 @@ async def _event_command(accessor: SqliteAccessor, config: Config, args: argpars
         )
         print(f"{args.pod} now has {len(entries)} subscription(s)")
         return 0
-    queue = DeliveryQueue(accessor)
-    await queue.open()
+    queue = backend.queue
     since = parse_time(args.since, 0.0)
     until = parse_time(args.until, time.time() + 1)
     states = [s.strip() for s in args.states.split(",") if s.strip()]
@@ -187,7 +209,7 @@ async def _event_command(accessor: SqliteAccessor, config: Config, args: argpars
     print(f"Queued {count} deliveries of pod {args.pod} again", flush=True)
     deadline = time.monotonic() + args.wait
     while args.wait and time.monotonic() < deadline:
-        pending = queue.pending_count(args.pod)
+        pending = await queue.pending_count(args.pod)
         print(f"  {count - pending}/{count} done, {pending} pending", flush=True)
         if pending == 0:
             break
@@ -195,15 +217,35 @@ async def _event_command(accessor: SqliteAccessor, config: Config, args: argpars
     return 0
 
 
-async def _with_accessor(config: Config, args: argparse.Namespace) -> int:
-    accessor = SqliteAccessor(config.database_path)
-    await accessor.open()
+@runtime_checkable
+class _Migrated(Protocol):
+    applied: list[Migration]
+
+    async def schema_version(self) -> int: ...
+
+
+async def _migrate(backend: Backend) -> int:
+    """Opening the backend applied any pending schema steps (every process does so on start);
+    this command does it ahead of time, e.g. before new server processes roll out."""
+    accessor = backend.accessor
+    assert isinstance(accessor, _Migrated)
+    for step in accessor.applied:
+        print(f"Applied migration {step.version}: {step.name}")
+    print(f"Database schema ({backend.name}) is at version {await accessor.schema_version()}")
+    return 0
+
+
+async def _with_backend(config: Config, args: argparse.Namespace) -> int:
+    backend = await open_backend(config)
+    accessor = backend.accessor
     try:
         locator = config.locator()
+        if args.command == "migrate":
+            return await _migrate(backend)
         if args.command == "key":
-            return await _key_command(accessor, args)
+            return await _key_command(backend, args)
         if args.command in ("grant", "subscribe", "replay"):
-            return await _event_command(accessor, config, args)
+            return await _event_command(backend, config, args)
         if args.command == "create":
             info = await create_pod(accessor, locator, args.name, config.oidc_issuer)
             if args.json:
@@ -219,18 +261,24 @@ async def _with_accessor(config: Config, args: argparse.Namespace) -> int:
                 print(f"{info.name}\t{info.url}\t{info.webid}")
         return 0
     finally:
-        await accessor.close()
+        await backend.close()
 
 
-def serve(config: Config) -> None:
+def serve(config: Config, child: Child | None = None) -> int:
+    """Serve until SIGTERM or SIGINT. With ``workers`` above 1 this process becomes the parent of
+    that many (``pod.workers``), each of which runs this function with its ``child``."""
+    from dataclasses import replace
+
     from aiohttp import web
 
     from pod.app import create_app
+    from pod.observability import configure_logging
     from pod.state import STORE
+    from pod.workers import supervise
 
-    logging.basicConfig(
-        level=config.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    configure_logging(config)
+    if config.workers > 1 and child is None:
+        return supervise(config, lambda c: serve(replace(config, port=c.port), c))
     locator = config.locator()
     lines: list[str] = []
 
@@ -244,12 +292,26 @@ def serve(config: Config) -> None:
 
     def announce(_: str) -> None:
         # run_app calls this once the socket is bound, so the URLs printed are ready to use.
-        print("\n".join(lines), flush=True)
+        if child is None:
+            print("\n".join(lines), flush=True)
+        else:
+            child.ready("\n".join(lines))  # the parent prints once, when every worker serves
 
     app = create_app(config)
     app.on_startup.append(collect)
-    access_log = logging.getLogger("aiohttp.access") if config.log_level == "debug" else None
-    web.run_app(app, host=config.host, port=config.port, access_log=access_log, print=announce)
+    if child is not None:
+        child.prepare(app)
+    # Access records come from pod.observability (--access-log), not from aiohttp's access logger.
+    web.run_app(
+        app,
+        host=config.host,
+        port=config.port,
+        access_log=None,
+        print=announce,
+        shutdown_timeout=config.shutdown_timeout,
+        reuse_port=True if child is not None else None,
+    )
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -262,16 +324,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             except PodError as exc:
                 raise ConfigError(exc.message) from None
         if args.command == "serve":
-            serve(config)
-            return 0
-        return asyncio.run(_with_accessor(config, args))
+            return serve(config)
+        return asyncio.run(_with_backend(config, args))
     except ConfigError as exc:
         print(f"pod: error: {exc}", file=sys.stderr)
         return 2
     except PodError as exc:
         print(f"pod: error: {exc.message}", file=sys.stderr)
         return 1
-    except OSError as exc:
+    except (OSError, DatabaseError) as exc:
         print(f"pod: error: {exc}", file=sys.stderr)
         return 1
 

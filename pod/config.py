@@ -23,6 +23,7 @@ class ConfigError(Exception):
 
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
+LOG_FORMATS = ("text", "json")
 
 
 @dataclass(frozen=True)
@@ -44,6 +45,13 @@ class Config:
     # the lease above the delivery timeouts; tests lower both to exercise retries and crashes quickly.
     delivery_max_backoff: int = 600
     delivery_lease: int = 60
+    log_format: str = "text"  # "text" or "json" (one object per line)
+    access_log: bool = False  # one record per request on logger pod.access (always on at debug level)
+    workers: int = 1  # server processes sharing the port (pod serve)
+    shutdown_timeout: int = 30  # seconds in-flight requests get to finish after SIGTERM
+    # "" keeps the embedded SQLite file under data_dir; "postgresql://user@host/db" runs on PostgreSQL,
+    # where several server processes (on one machine or many) can share one database.
+    database: str = ""
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     @property
@@ -65,6 +73,7 @@ class Config:
 
 _FIELDS = {f.name: f for f in dataclasses.fields(Config) if f.name != "extra"}
 CONFIG_FIELDS = frozenset(_FIELDS)
+_EMPTY_MEANS_SOMETHING = frozenset({"demo_pod", "oidc_issuer", "base_url", "database"})
 
 
 def _coerce(name: str, value: Any) -> Any:
@@ -104,6 +113,16 @@ def _validate(cfg: Config) -> Config:
     for name in ("delivery_max_backoff", "delivery_lease"):
         if getattr(cfg, name) < 1:
             raise ConfigError(f"invalid {name}: {getattr(cfg, name)} (at least 1 second)")
+    if cfg.log_format not in LOG_FORMATS:
+        raise ConfigError(f"invalid log_format: {cfg.log_format!r} (expected 'text' or 'json')")
+    if not 1 <= cfg.workers <= 256:
+        raise ConfigError(f"invalid workers: {cfg.workers} (1 to 256)")
+    if cfg.shutdown_timeout < 0:
+        raise ConfigError(f"invalid shutdown_timeout: {cfg.shutdown_timeout}")
+    if cfg.database and not cfg.database.startswith(("postgresql://", "postgres://")):
+        raise ConfigError(
+            f"invalid database: {cfg.database!r} (expected postgresql://... or empty for SQLite)"
+        )
     if cfg.base_url:
         parts = urlsplit(cfg.base_url)
         if parts.scheme not in ("http", "https") or not parts.netloc or parts.query or parts.fragment:
@@ -139,7 +158,9 @@ def load_config(
             values[key] = _coerce(key, value)
     for name in _FIELDS:
         env_value = environ.get("POD_" + name.upper())
-        if env_value is not None and env_value != "":
+        # An empty variable is unset, except for options where empty is a value of its own
+        # (POD_DEMO_POD= turns the demo pod off).
+        if env_value is not None and (env_value != "" or name in _EMPTY_MEANS_SOMETHING):
             values[name] = _coerce(name, env_value)
     for name, value in (cli or {}).items():
         if value is not None and name in _FIELDS:

@@ -97,6 +97,7 @@ class DeliveryWorker:
         self._task: asyncio.Task[None] | None = None
         self._keys: dict[str, PodKey] = {}
         self._in_flight: set[int] = set()
+        self._running: set[asyncio.Task[None]] = set()
 
     def notify(self) -> None:
         """New deliveries were committed: look at the queue now rather than at the next poll."""
@@ -106,21 +107,39 @@ class DeliveryWorker:
         self._task = asyncio.create_task(self._run(), name="delivery-worker")
 
     async def stop(self) -> None:
+        """Stop claiming, abandon the attempts in progress and give their deliveries back, so that
+        another worker takes them at once rather than when their leases run out (receivers drop
+        a duplicate of an attempt that had in fact arrived)."""
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
-        if self._in_flight:
-            await self.queue.release(sorted(self._in_flight))  # another worker may take them at once
-            self._in_flight.clear()
+        claimed = sorted(self._in_flight)
+        for task in self._running:
+            task.cancel()
+        await asyncio.gather(*self._running, return_exceptions=True)
+        if claimed:
+            await self.queue.release(claimed)
+        self._in_flight.clear()
+
+    async def _claim(self, limit: int) -> list[Delivery]:
+        # A claim sent to the database commits even if stop() cancels the loop meanwhile: wait for
+        # it and record what it took, so that stop() releases those leases too.
+        claim = asyncio.ensure_future(self.queue.claim(limit))
+        try:
+            return await asyncio.shield(claim)
+        except asyncio.CancelledError:
+            with contextlib.suppress(Exception):
+                self._in_flight.update(d.id for d in await claim)
+            raise
 
     async def _run(self) -> None:
-        running: set[asyncio.Task[None]] = set()
+        running = self._running
         while True:
             self._wake.clear()
             capacity = self.concurrency - len(running)
-            claimed = await self.queue.claim(capacity) if capacity > 0 else []
+            claimed = await self._claim(capacity) if capacity > 0 else []
             for delivery in claimed:
                 self._in_flight.add(delivery.id)
                 task = asyncio.create_task(self._deliver(delivery))
@@ -133,10 +152,13 @@ class DeliveryWorker:
                 continue  # more may have become due meanwhile
             # Idle: sleep until woken by a local commit, the next due retry, or a poll that notices
             # deliveries queued by another process on the same database.
-            due = self.queue.next_due()
+            due = await self.queue.next_due()
             wait = 1.0 if due is None else min(1.0, max(0.01, due - time.time()))
+            # asyncio.timeout, not wait_for: on Python 3.11 wait_for swallows a cancellation (stop())
+            # that arrives as the event is set, and this loop would never end.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout=wait)
+                async with asyncio.timeout(wait):
+                    await self._wake.wait()
 
     async def _deliver(self, delivery: Delivery) -> None:
         outcome: tuple[int, str, str, float | None]

@@ -96,7 +96,7 @@ async def event_with_deliveries(request: web.Request, target: Target) -> web.Str
     # Only this pod's own deliveries: a pod on the same server that received the event queues its
     # forwards to its subscribers under the same shared event id, and those are not the
     # publisher's business (on another server the publisher could not see them either).
-    doc["deliveries"] = [d.as_json() for d in app[QUEUE].for_event(url) if d.sender == target.pod]
+    doc["deliveries"] = [d.as_json() for d in await app[QUEUE].for_event(url) if d.sender == target.pod]
     return web.json_response(doc, content_type="application/ld+json")
 
 
@@ -144,7 +144,7 @@ async def inbox_page(request: web.Request, target: Target) -> web.StreamResponse
     after, since = _since(by, query.get("from"))
     app = request.app
     locator = app[LOCATOR]
-    rows = await app[STORE].accessor.arrivals(target.pod, target.path, after, since, limit)  # type: ignore[attr-defined]
+    rows = await app[STORE].accessor.arrivals(target.pod, target.path, after, since, limit)
     contains: list[Any] = []
     for _, record, _created in rows:
         url = locator.url(target.pod, record.path)

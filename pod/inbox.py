@@ -14,19 +14,16 @@ this server (in-process, from the delivery queue), so both obey one rule set:
 from __future__ import annotations
 
 import json
-import sqlite3
-import time
 from dataclasses import dataclass
 from typing import Any
 
 from acl.modes import create_in
 from acl.wac import Wac
-from ldp.accessor import Write
+from ldp.accessor import StorageAccessor, Write
 from ldp.errors import BadRequest, Forbidden
 from ldp.identifiers import PodLocator
-from ldp.sqlite import SqliteAccessor, write_in
 from pod.events import EVENTS_CONTEXT, NO_TOPIC, Topic, is_webid, new_event_name
-from pod.queue import NewDelivery, insert_deliveries
+from pod.queue import DeliveryQueue, NewDelivery
 from pod.subscriptions import SUBSCRIPTIONS_PATH, subscribers
 
 INBOX = "/inbox/"
@@ -49,8 +46,11 @@ class Received:
 
 
 class Inbox:
-    def __init__(self, accessor: SqliteAccessor, locator: PodLocator, wac: Wac) -> None:
+    def __init__(
+        self, accessor: StorageAccessor, queue: DeliveryQueue, locator: PodLocator, wac: Wac
+    ) -> None:
         self.accessor = accessor
+        self.queue = queue
         self.locator = locator
         self.wac = wac
 
@@ -67,15 +67,9 @@ class Inbox:
         await self.wac.refresh()
         if not await self.wac.allows(pod, [create_in(topic.container)], sender, None):
             raise not_authorized(owner, topic)
-        seen = (
-            self.accessor.read_connection()
-            .execute(
-                "SELECT path FROM received WHERE pod=? AND sender=? AND event_id=?", (pod, sender, event_id)
-            )
-            .fetchone()
-        )
+        seen = await self.queue.seen(pod, sender, event_id)
         if seen is not None:
-            return Received(str(seen[0]), False)
+            return Received(seen, False)
         name = new_event_name()
         path = INBOX + name
         url = self.locator.url(pod, path)
@@ -108,21 +102,7 @@ class Inbox:
             if s.agent != sender
         ]
 
-        def job(conn: sqlite3.Connection) -> Received:
-            # Checked again inside the transaction: two copies arriving at once store one.
-            row = conn.execute(
-                "SELECT path FROM received WHERE pod=? AND sender=? AND event_id=?", (pod, sender, event_id)
-            ).fetchone()
-            if row is not None:
-                return Received(str(row[0]), False)
-            write_in(conn, pod, Write(path, JSONLD, body))
-            write_in(conn, pod, Write(link_path, JSONLD, json.dumps(link).encode()))
-            conn.execute(
-                "INSERT INTO received(pod, sender, event_id, path) VALUES (?, ?, ?, ?)",
-                (pod, sender, event_id, path),
-            )
-            insert_deliveries(conn, deliveries, time.time())
-            return Received(path, True)
-
-        received: Received = await self.accessor.run_job(job)
-        return received
+        # The queue checks again inside the transaction: two copies arriving at once store one.
+        writes = [Write(path, JSONLD, body), Write(link_path, JSONLD, json.dumps(link).encode())]
+        existing = await self.queue.receive(pod, sender, event_id, path, writes, deliveries)
+        return Received(existing, False) if existing is not None else Received(path, True)

@@ -1,7 +1,9 @@
 """Real ``pod serve`` processes for multi-server tests: start, wait, stop, kill, restart, CLI, HTTP.
 
 Every server gets a free loopback port, its own data directory and a log file (stdout and stderr of
-every run, appended, each run under a header). Everything is bounded by timeouts, and
+every run, appended, each run under a header). Its database is the one the running test's backend
+gives its data directory (``tests.databases``): the SQLite file there, or a PostgreSQL schema of its
+own; pass ``database=`` to have several servers share one. Everything is bounded by timeouts, and
 :class:`Procs`, used as a fixture, stops every process it started (SIGTERM, then SIGKILL) and prints
 the tail of each server log, which pytest shows when the test failed::
 
@@ -27,7 +29,6 @@ import json
 import os
 import signal
 import socket
-import sqlite3
 import subprocess
 import sys
 import time
@@ -36,6 +37,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
+
+from tests.databases import current, db
 
 ROOT = Path(__file__).resolve().parent.parent
 START_TIMEOUT = 30.0
@@ -107,14 +110,18 @@ class ServerProcess:
         unsafe_webid_header: bool = False,
         env: Mapping[str, str] | None = None,
         port: int | None = None,
+        database: str | None = None,
+        base_url: str | None = None,
     ) -> None:
         self.name = name
         self.dir = workdir / name
         self.data_dir = self.dir / "data"
+        self.database = current().for_dir(self.data_dir) if database is None else database
         self.log_path = self.dir / "server.log"
         self.dir.mkdir(parents=True, exist_ok=True)
         self.port = port if port is not None else free_port()
-        self.base_url = f"http://127.0.0.1:{self.port}/"
+        # The public base URL: its own address, or that of a load balancer in front of several.
+        self.base_url = base_url or f"http://127.0.0.1:{self.port}/"
         self.demo_pod = demo_pod
         self.unsafe_webid_header = unsafe_webid_header
         self.env = dict(env or {})
@@ -131,7 +138,8 @@ class ServerProcess:
 
     @property
     def common_args(self) -> list[str]:
-        return ["--data-dir", str(self.data_dir), "--base-url", self.base_url]
+        database = ["--database", self.database] if self.database else []
+        return ["--data-dir", str(self.data_dir), "--base-url", self.base_url, *database]
 
     # -- lifecycle -------------------------------------------------------------------------------------
     @property
@@ -257,13 +265,11 @@ class ServerProcess:
         ]
 
     @contextlib.contextmanager
-    def db(self) -> Iterator[sqlite3.Connection]:
-        """A read-only look at the server's database (WAL lets it share the file with the server)."""
-        conn = sqlite3.connect(f"file:{self.data_dir / 'pod.sqlite3'}?mode=ro", uri=True, timeout=10)
-        try:
+    def db(self) -> Iterator[Any]:
+        """A read-only look at the server's database (``tests.databases.db``): SQLite's WAL lets it
+        share the file with the server; on PostgreSQL it reads the server's schema."""
+        with db(self.data_dir, self.database) as conn:
             yield conn
-        finally:
-            conn.close()
 
 
 class Procs:
@@ -281,10 +287,20 @@ class Procs:
         unsafe_webid_header: bool = False,
         env: Mapping[str, str] | None = None,
         start: bool = True,
+        database: str | None = None,
+        base_url: str | None = None,
     ) -> ServerProcess:
-        """A new server (started unless ``start`` is false); it is cleaned up with the others."""
+        """A new server (started unless ``start`` is false); it is cleaned up with the others.
+        ``database`` (default: the test backend's database for its data directory) and
+        ``base_url`` let several servers act as one, as behind a load balancer."""
         server = ServerProcess(
-            self.workdir, name, demo_pod=demo_pod, unsafe_webid_header=unsafe_webid_header, env=env
+            self.workdir,
+            name,
+            demo_pod=demo_pod,
+            unsafe_webid_header=unsafe_webid_header,
+            env=env,
+            database=database,
+            base_url=base_url,
         )
         self.servers.append(server)
         return server.start() if start else server

@@ -14,11 +14,13 @@ from pathlib import Path
 import pytest
 
 from pod.config import ConfigError, load_config
+from tests.databases import Databases, current
 
 
 def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """``python -m pod ARGS`` on the running test's backend (the database of its data directory)."""
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("POD_")}
-    full_env.update(env or {})
+    full_env.update(current().env_for(args, env))
     return subprocess.run(
         [sys.executable, "-m", "pod", *args], capture_output=True, text=True, env=full_env, timeout=60
     )
@@ -30,7 +32,7 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def test_create_and_list(tmp_path: Path) -> None:
+def test_create_and_list(backend: Databases, tmp_path: Path) -> None:
     common = ["--data-dir", str(tmp_path), "--base-url", "https://pods.example/"]
     created = run("create", "carol", "--json", *common)
     assert created.returncode == 0, created.stderr
@@ -81,10 +83,10 @@ def test_config_precedence(tmp_path: Path) -> None:
         load_config({}, environ={"POD_PORT": "x"})
 
 
-def test_serve_creates_demo_pod_and_cli_works_alongside(tmp_path: Path) -> None:
+def test_serve_creates_demo_pod_and_cli_works_alongside(backend: Databases, tmp_path: Path) -> None:
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("POD_")}
-    env.update({"POD_DATA_DIR": str(tmp_path), "POD_PORT": str(port)})
+    env.update(backend.env_for([], {"POD_DATA_DIR": str(tmp_path), "POD_PORT": str(port)}))
     server = subprocess.Popen(
         [sys.executable, "-m", "pod", "serve"],
         env=env,

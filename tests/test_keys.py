@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import json
-import sqlite3
 from pathlib import Path
 
 from tests.conftest import AS_ALICE, ClientFactory
+from tests.databases import Databases, db
 from tests.test_cli import run
 
 APP = "https://app.example/profile#app"
@@ -23,8 +23,8 @@ async def test_owner_manages_keys_over_http(make_client: ClientFactory, tmp_path
     assert doc["agent"] == APP and doc["key"].startswith("spk_")
     assert created.headers["Location"] == f"http://pod.test/alice/.well-known/api-keys/{doc['id']}"
     # the secret is not stored, only its hash
-    with sqlite3.connect(tmp_path / "pod.sqlite3") as db:
-        stored = db.execute("SELECT secret_hash FROM api_keys").fetchall()
+    with db(tmp_path) as conn:
+        stored = conn.execute("SELECT secret_hash FROM api_keys").fetchall()
     assert len(stored) == 1 and doc["key"].split("_")[-1] not in stored[0][0]
     listed = await (await client.get("/alice/.well-known/api-keys", headers=AS_ALICE)).json()
     assert [k["id"] for k in listed] == [doc["id"]] and "key" not in listed[0]
@@ -81,7 +81,7 @@ async def test_key_is_bound_to_its_pod(make_client: ClientFactory, tmp_path: Pat
     assert on_other.status == 200
 
 
-def test_cli_key_commands(tmp_path: Path) -> None:
+def test_cli_key_commands(backend: Databases, tmp_path: Path) -> None:
     common = ["--data-dir", str(tmp_path)]
     assert run("create", "carol", *common).returncode == 0
     created = run("key", "create", "carol", "--agent", APP, "--label", "crm", *common)

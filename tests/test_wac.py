@@ -13,9 +13,9 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from ldp.accessor import Write
-from ldp.sqlite import SqliteAccessor
+from pod.backend import open_backend
 from pod.state import API_KEYS
-from tests.conftest import AS_ALICE, ClientFactory
+from tests.conftest import AS_ALICE, ClientFactory, make_config
 
 POD = "http://pod.test/alice/"
 BOB = "http://pod.test/bob/profile/card#me"
@@ -267,10 +267,11 @@ async def test_acl_change_by_another_process_takes_effect(make_client: ClientFac
     client = await make_client(as_agent=None)
     await setup(client, "", "", True)
     assert (await client.get("/alice/c/r", headers=AS_BOB)).status == 403
-    other = SqliteAccessor(tmp_path / "pod.sqlite3")  # as `pod grant` would, from another process
-    await other.open()
+    other = await open_backend(make_config(tmp_path))  # as `pod grant` would, from another process
     try:
-        await other.write("alice", Write("/alice/c/.acl"[6:], "text/turtle", container_acl("", "R").encode()))
+        await other.accessor.write(
+            "alice", Write("/alice/c/.acl"[6:], "text/turtle", container_acl("", "R").encode())
+        )
     finally:
         await other.close()
     assert (await client.get("/alice/c/r", headers=AS_BOB)).status == 200

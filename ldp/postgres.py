@@ -1,0 +1,601 @@
+"""PostgreSQL storage accessor: several server processes, on one machine or many, on one database.
+
+The rules are those of ``ldp.sqlite``, statement for statement; what differs is how they stay atomic
+when writers run at once in different processes:
+
+- A write first locks its resource's row (``SELECT ... FOR UPDATE``), so its precondition check and
+  the write itself see the same version: concurrent writers never lose an update.
+- Anything that changes a pod's tree (creating or deleting a resource, intermediate containers,
+  a pod itself) also takes the pod's transaction-scoped advisory lock and then looks again. Creates
+  and deletes in one pod therefore apply one after another, as in SQLite's single writer: no
+  document and container of one name, no member of a deleted container, and arrival numbers
+  (``resources.id``) that follow commit order within a pod, so inbox paging by them stays stable.
+- Deadlocks and serialization failures are retried (the whole transaction, a few times); a unique
+  constraint that still fails after the retries is a concurrent change (VersionMismatch).
+
+Commits are durable (``synchronous_commit=on``, whatever the server's default).
+
+ACL changes reach every process at once: the transaction that writes or deletes an ACL resource
+bumps a stored epoch and sends ``NOTIFY pod_acl`` (delivered on commit). Each process LISTENs on a
+dedicated connection and counts notifications in memory, so ``acl_epoch()`` costs no query. When
+that connection is lost the process falls back to reading the stored epoch on every call until it
+listens again, and bumps its own epoch on reconnecting (a change may have slipped by meanwhile).
+
+The schema is created and migrated when the accessor opens (``MIGRATIONS``, recorded in
+``schema_migrations``), under an advisory lock so that processes starting at once apply each step
+once. Tables live in the connection's current schema: ``?search_path=NAME`` in the DSN picks one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, TypeVar
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+
+from acl.apikeys import ApiKey
+from ldp.accessor import (
+    ABSENT,
+    DatabaseError,
+    Migration,
+    Record,
+    VersionMismatch,
+    Write,
+    check_expect,
+    new_version,
+    pending,
+    twin_of,
+)
+from ldp.errors import Conflict, NotFound
+from ldp.identifiers import ancestors, is_acl, is_container, parent_of
+
+log = logging.getLogger("pod.postgres")
+T = TypeVar("T")
+if TYPE_CHECKING:
+    from asyncpg.pool import PoolConnectionProxy
+
+    Connection = PoolConnectionProxy[asyncpg.Record]
+
+CHANNEL = "pod_acl"  # NOTIFY channel; the payload is the schema whose ACLs changed
+POOL_SIZE = 10
+_POD_LOCK = 0x504F44  # advisory lock class of the per-pod structure locks ("POD")
+_ATTEMPTS = 6  # tries of a transaction that hit a deadlock, serialization failure or unique race
+_RETRY = (
+    asyncpg.exceptions.DeadlockDetectedError,
+    asyncpg.exceptions.SerializationError,
+    asyncpg.exceptions.UniqueViolationError,
+)
+_SETTINGS = {"synchronous_commit": "on"}
+_PING_EVERY = 10.0  # seconds between health checks of the listening connection
+_RECONNECT_MAX = 5.0
+
+# Numbered steps; released steps are never edited, a change is a new step. The delivery queue's
+# tables (``pod.queue_postgres``) are here too: the queue commits in the same transactions.
+MIGRATIONS = (
+    Migration(
+        1,
+        "resources, pods, keys, ACL epoch and the delivery queue",
+        """
+CREATE TABLE acl_epoch (
+    id boolean PRIMARY KEY DEFAULT true CHECK (id),  -- exactly one row
+    value bigint NOT NULL
+);
+INSERT INTO acl_epoch(value) VALUES (0);
+CREATE TABLE pods (name text COLLATE "C" PRIMARY KEY, created double precision NOT NULL);
+CREATE TABLE resources (
+    id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,  -- arrival order for inbox paging
+    pod text COLLATE "C" NOT NULL,
+    path text COLLATE "C" NOT NULL,  -- byte order, as SQLite compares text
+    parent text COLLATE "C",         -- NULL for storage roots and auxiliary (.acl) resources
+    content_type text NOT NULL,
+    body bytea NOT NULL,
+    version text NOT NULL,
+    modified double precision NOT NULL,
+    created double precision NOT NULL,
+    CONSTRAINT resources_path UNIQUE (pod, path)
+);
+CREATE INDEX resources_children ON resources(pod, parent, path) WHERE parent IS NOT NULL;
+CREATE INDEX resources_arrivals ON resources(pod, parent, id) WHERE parent IS NOT NULL;
+CREATE TABLE api_keys (
+    id text PRIMARY KEY,
+    pod text NOT NULL,
+    agent text NOT NULL,
+    secret_hash text NOT NULL,
+    label text NOT NULL DEFAULT '',
+    created double precision NOT NULL,
+    revoked boolean NOT NULL DEFAULT false
+);
+CREATE INDEX api_keys_pod ON api_keys(pod, created);
+CREATE TABLE pod_keys (pod text PRIMARY KEY, key_id text NOT NULL, private_pem bytea NOT NULL);
+CREATE TABLE deliveries (
+    id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    event_id text NOT NULL,
+    sender text NOT NULL,
+    kind text NOT NULL,
+    recipient text NOT NULL,
+    target text NOT NULL DEFAULT '',
+    secret text NOT NULL DEFAULT '',
+    payload bytea NOT NULL,
+    state text NOT NULL DEFAULT 'pending',
+    attempts integer NOT NULL DEFAULT 0,
+    next_attempt double precision NOT NULL,
+    lease_until double precision NOT NULL DEFAULT 0,
+    last_error text NOT NULL DEFAULT '',
+    created double precision NOT NULL,
+    finished double precision
+);
+CREATE INDEX deliveries_due ON deliveries(next_attempt) WHERE state = 'pending';
+CREATE INDEX deliveries_event ON deliveries(event_id);
+CREATE TABLE received (
+    pod text NOT NULL,
+    sender text NOT NULL,
+    event_id text NOT NULL,
+    path text NOT NULL,
+    PRIMARY KEY (pod, sender, event_id)
+);
+""",
+    ),
+)
+SCHEMA_VERSION = MIGRATIONS[-1].version
+
+_VERSION_FOR_UPDATE = "SELECT version FROM resources WHERE pod=$1 AND path=$2 FOR UPDATE"
+_INSERT = (
+    "INSERT INTO resources(pod, path, parent, content_type, body, version, modified, created)"
+    " VALUES ($1, $2, $3, $4, $5, $6, $7, $7)"
+)
+_TOUCH = "UPDATE resources SET version=$3, modified=$4 WHERE pod=$1 AND path=$2"
+_INSERT_AND_TOUCH = (
+    f"WITH inserted AS ({_INSERT} RETURNING 1)"
+    " UPDATE resources SET version=$9, modified=$7 WHERE pod=$1 AND path=$8"
+)
+# Runs last in a transaction that changed an ACL: the epoch row is the one lock every ACL writer
+# shares, held from here to the commit only. The notification is delivered when the commit is.
+_BUMP_EPOCH = (
+    "WITH bumped AS (UPDATE acl_epoch SET value = value + 1 RETURNING value)"
+    f" SELECT pg_notify('{CHANNEL}', current_schema()) FROM bumped"
+)
+
+
+def redact(dsn: str) -> str:
+    """The DSN without its password, for messages."""
+    parts = urlsplit(dsn)
+    if parts.password is None:
+        return dsn
+    host = parts.netloc.rpartition("@")[2]
+    return urlunsplit(parts._replace(netloc=f"{parts.username or ''}:***@{host}"))
+
+
+@dataclass
+class Tx:
+    """One transaction: its connection, the pods whose tree it has locked, whether it changed an ACL."""
+
+    conn: Connection
+    locked: set[str] = field(default_factory=set)
+    acl_changed: bool = False
+
+    async def lock_pod(self, pod: str) -> None:
+        """Serialize changes to ``pod``'s tree with every other transaction's, until commit."""
+        if pod not in self.locked:
+            await self.conn.execute(
+                "SELECT pg_advisory_xact_lock($1, hashtext(current_schema() || ' ' || $2))", _POD_LOCK, pod
+            )
+            self.locked.add(pod)
+
+
+async def write_in(tx: Tx, pod: str, w: Write) -> tuple[Record, bool]:
+    """Apply a write inside ``tx`` (see ``PostgresAccessor.transaction``); the rules of
+    ``ldp.sqlite._write``."""
+    conn = tx.conn
+    now = time.time()
+    # A create-only write need not look before it takes the pod's lock: it changes the tree.
+    current: str | None = None
+    if w.expect != ABSENT:
+        current = await conn.fetchval(_VERSION_FOR_UPDATE, pod, w.path)
+    existing: set[str] = set()
+    chain = ancestors(w.path)
+    if current is None:
+        # A create changes the tree: take the pod's lock, then look again, since a creator that
+        # held it may just have committed this very path. Under the lock the tree holds still,
+        # so one read answers every question about it; the statements from here to the commit
+        # are few, since creates in the pod wait for them.
+        await tx.lock_pod(pod)
+        probe = [w.path, twin_of(w.path), *chain, *(c[:-1] for c in chain if c != "/")]
+        rows = await conn.fetch(
+            "SELECT path FROM resources WHERE pod=$1 AND path = ANY($2::text[])", pod, probe
+        )
+        existing = {str(r[0]) for r in rows}
+        if w.path in existing:
+            current = await conn.fetchval(_VERSION_FOR_UPDATE, pod, w.path)
+    check_expect(current, w.expect, w.path)
+    if current is not None:
+        version = new_version()
+        await conn.execute(
+            "UPDATE resources SET content_type=$3, body=$4, version=$5, modified=$6 WHERE pod=$1 AND path=$2",
+            pod,
+            w.path,
+            w.content_type,
+            w.body,
+            version,
+            now,
+        )
+        if is_acl(w.path):
+            tx.acl_changed = True
+        return Record(w.path, w.content_type, w.body, version, now), False
+    if w.path != "/" and twin_of(w.path) in existing:
+        raise Conflict(f"{twin_of(w.path)} already exists; a container and a document cannot share a name")
+    missing: list[str] = []
+    for container in chain:
+        if container not in existing:
+            if container != "/" and container[:-1] in existing:
+                raise Conflict(f"{container[:-1]} is a document, not a container")
+            if container == "/":
+                raise NotFound("No such pod")
+            missing.append(container)
+    if missing:
+        await conn.executemany(
+            _INSERT, [(pod, c, parent_of(c), "text/turtle", b"", new_version(), now) for c in missing]
+        )
+    version = new_version()
+    parent = None if is_acl(w.path) else parent_of(w.path)
+    # Each container whose membership changed gets a new version: the new ones have theirs, so
+    # only the nearest existing ancestor is touched (in the insert's statement).
+    touched = parent_of(missing[0]) if missing else parent
+    if touched is None:
+        await conn.execute(_INSERT, pod, w.path, parent, w.content_type, w.body, version, now)
+    else:
+        await conn.execute(
+            _INSERT_AND_TOUCH,
+            pod,
+            w.path,
+            parent,
+            w.content_type,
+            w.body,
+            version,
+            now,
+            touched,
+            new_version(),
+        )
+    if parent is None and w.path != "/":
+        tx.acl_changed = True
+    return Record(w.path, w.content_type, w.body, version, now), True
+
+
+async def delete_in(tx: Tx, pod: str, path: str, expect: str | None) -> None:
+    """Delete ``path`` and its ACL inside ``tx``; the rules of ``ldp.sqlite._delete``."""
+    conn = tx.conn
+    await tx.lock_pod(pod)
+    current: str | None = await conn.fetchval(_VERSION_FOR_UPDATE, pod, path)
+    if current is None:
+        raise NotFound(f"{path} does not exist")
+    check_expect(current, expect, path)
+    if is_container(path) and await conn.fetchval(
+        "SELECT 1 FROM resources WHERE pod=$1 AND parent=$2 LIMIT 1", pod, path
+    ):
+        raise Conflict("Container is not empty")
+    status = await conn.execute(
+        "DELETE FROM resources WHERE pod=$1 AND path = ANY($2::text[])", pod, [path, path + ".acl"]
+    )
+    if is_acl(path) or int(status.split()[-1]) > 1:
+        tx.acl_changed = True
+    parent = None if is_acl(path) else parent_of(path)
+    if parent is not None:
+        await conn.execute(_TOUCH, pod, parent, new_version(), time.time())
+
+
+async def _keep_session(_conn: object) -> None:
+    """Connections go back to the pool as they are: this module leaves no session state (no
+    LISTEN, SET or session locks on them), so asyncpg's reset query would be a wasted round trip.
+    A transaction left open is still rolled back by the pool."""
+
+
+def _record(path: str, row: asyncpg.Record) -> Record:
+    return Record(path, row["content_type"], bytes(row["body"]), row["version"], row["modified"])
+
+
+class PostgresAccessor:
+    """StorageAccessor and KeyStorage on PostgreSQL, safe to share with any number of processes."""
+
+    def __init__(self, dsn: str, pool_size: int = POOL_SIZE) -> None:
+        self.dsn = dsn
+        self.pool_size = pool_size
+        self.applied: list[Migration] = []  # the schema steps this open applied
+        self._pool: asyncpg.Pool[asyncpg.Record] | None = None
+        self._schema = ""
+        self._epoch = 0  # this process's ACL epoch, moved by notifications and local commits
+        self._listening = False  # True while notifications are known to arrive
+        self._stored_epoch: int | None = None  # last stored epoch read while not listening
+        self._listener: asyncpg.Connection[asyncpg.Record] | None = None
+        self._watch: asyncio.Task[None] | None = None
+
+    # -- lifecycle -------------------------------------------------------------------------------
+    async def open(self) -> None:
+        try:
+            self._pool = await asyncpg.create_pool(
+                self.dsn,
+                min_size=1,
+                max_size=self.pool_size,
+                server_settings=dict(_SETTINGS),
+                reset=_keep_session,
+            )
+            schema = await self._pool.fetchval("SELECT current_schema()")
+            if not schema:
+                raise DatabaseError(f"{redact(self.dsn)}: the search_path names no existing schema")
+            self._schema = str(schema)
+            self.applied = await self._migrate()
+            listener, lost = await self._listen()
+        except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            await self.close()
+            raise DatabaseError(f"cannot use PostgreSQL at {redact(self.dsn)}: {exc}") from exc
+        except BaseException:
+            await self.close()
+            raise
+        self._watch = asyncio.create_task(self._keep_listening(listener, lost), name="pod-acl-listener")
+
+    async def close(self) -> None:
+        if self._watch is not None:
+            self._watch.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watch
+            self._watch = None
+        await self._drop_listener()
+        if self._pool is not None:
+            pool, self._pool = self._pool, None
+            try:
+                await asyncio.wait_for(pool.close(), 10.0)
+            except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+                pool.terminate()
+
+    def _require_pool(self) -> asyncpg.Pool[asyncpg.Record]:
+        assert self._pool is not None, "accessor is not open"
+        return self._pool
+
+    @property
+    def pool(self) -> asyncpg.Pool[asyncpg.Record]:
+        """The connection pool, for short reads by other modules on this database (delivery queue)."""
+        return self._require_pool()
+
+    # -- schema ----------------------------------------------------------------------------------
+    async def _migrate(self) -> list[Migration]:
+        """Apply the pending steps in one transaction, holding an advisory lock on this schema so
+        that processes starting at once do not race (the second finds nothing left to do)."""
+        async with self._require_pool().acquire() as conn, conn.transaction():
+            await conn.execute(
+                "SELECT pg_advisory_xact_lock(hashtextextended('pod migrations ' || current_schema(), 0))"
+            )
+            await conn.execute(
+                "CREATE TABLE IF NOT EXISTS schema_migrations (version integer PRIMARY KEY,"
+                " name text NOT NULL, applied timestamptz NOT NULL DEFAULT now())"
+            )
+            applied = {int(r[0]) for r in await conn.fetch("SELECT version FROM schema_migrations")}
+            steps = pending(MIGRATIONS, applied)
+            for step in steps:
+                await conn.execute(step.sql)
+                await conn.execute(
+                    "INSERT INTO schema_migrations(version, name) VALUES ($1, $2)", step.version, step.name
+                )
+                log.info("applied schema migration %d (%s)", step.version, step.name)
+        return steps
+
+    async def schema_version(self) -> int:
+        version = await self._require_pool().fetchval("SELECT MAX(version) FROM schema_migrations")
+        return 0 if version is None else int(version)
+
+    # -- ACL change notifications ----------------------------------------------------------------
+    def _notified(self, _conn: object, _pid: int, _channel: str, payload: object) -> None:
+        if payload == self._schema:  # other schemas of the same database have their own ACLs
+            self._epoch += 1
+
+    async def _listen(self) -> tuple[asyncpg.Connection[asyncpg.Record], asyncio.Event]:
+        conn = await asyncpg.connect(self.dsn, timeout=10.0)
+        lost = asyncio.Event()
+        conn.add_termination_listener(lambda _c: lost.set())
+        try:
+            await conn.add_listener(CHANNEL, self._notified)
+        except BaseException:
+            conn.terminate()
+            raise
+        self._listener = conn
+        self._listening = True
+        self._epoch += 1  # conservatively: an ACL may have changed while nobody listened
+        return conn, lost
+
+    async def _keep_listening(self, conn: asyncpg.Connection[asyncpg.Record], lost: asyncio.Event) -> None:
+        """Watch the listening connection (closed, or not answering a ping) and reconnect."""
+        delay = 0.1
+        while True:
+            while not lost.is_set():
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(lost.wait(), _PING_EVERY)
+                    break
+                try:
+                    await asyncio.wait_for(conn.execute("SELECT 1"), _PING_EVERY)
+                except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError):
+                    break
+            self._listening = False  # until listening again, acl_epoch() reads the stored epoch
+            log.warning("lost the connection that listens for ACL changes; reconnecting")
+            await self._drop_listener()
+            while True:
+                try:
+                    conn, lost = await self._listen()
+                    log.info("listening for ACL changes again")
+                    delay = 0.1
+                    break
+                except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                    log.warning("cannot listen for ACL changes yet: %s", exc)
+                    await asyncio.sleep(delay)
+                    delay = min(_RECONNECT_MAX, delay * 2)
+
+    async def _drop_listener(self) -> None:
+        self._listening = False
+        conn, self._listener = self._listener, None
+        if conn is not None and not conn.is_closed():
+            try:
+                await asyncio.wait_for(conn.close(), 2.0)
+            except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError):
+                conn.terminate()
+
+    async def acl_epoch(self) -> int:
+        """Answered from memory while notifications arrive; read from the database otherwise."""
+        if not self._listening:
+            stored = int(await self._require_pool().fetchval("SELECT value FROM acl_epoch"))
+            if stored != self._stored_epoch:
+                self._stored_epoch = stored
+                self._epoch += 1
+        return self._epoch
+
+    # -- transactions ----------------------------------------------------------------------------
+    async def transaction(self, job: Callable[[Tx], Awaitable[T]]) -> T:
+        """Run ``job(tx)`` in one durable transaction, again from the start after a deadlock, a
+        serialization failure or a lost unique race, so ``job`` must only touch the database."""
+        pool = self._require_pool()
+        for attempt in range(1, _ATTEMPTS + 1):
+            try:
+                async with pool.acquire() as conn, conn.transaction():
+                    tx = Tx(conn)
+                    result = await job(tx)
+                    if tx.acl_changed:
+                        await conn.execute(_BUMP_EPOCH)
+            except _RETRY as exc:
+                if attempt == _ATTEMPTS:
+                    if isinstance(exc, asyncpg.exceptions.UniqueViolationError):
+                        raise VersionMismatch("The resource was changed concurrently") from None
+                    raise
+                await asyncio.sleep(random.uniform(0.0, 0.005 * 2**attempt))
+                continue
+            if tx.acl_changed:
+                self._epoch += 1  # this process drops its ACL cache now, not when NOTIFY arrives
+            return result
+        raise AssertionError("unreachable")
+
+    # -- reads -----------------------------------------------------------------------------------
+    async def get(self, pod: str, path: str) -> Record | None:
+        row = await self._require_pool().fetchrow(
+            "SELECT content_type, body, version, modified FROM resources WHERE pod=$1 AND path=$2", pod, path
+        )
+        return None if row is None else _record(path, row)
+
+    async def children(self, pod: str, container: str, after: str = "", limit: int = 1000) -> list[str]:
+        rows = await self._require_pool().fetch(
+            "SELECT path FROM resources WHERE pod=$1 AND parent=$2 AND path>$3 ORDER BY path LIMIT $4",
+            pod,
+            container,
+            after,
+            limit,
+        )
+        return [str(r[0]) for r in rows]
+
+    async def iter_children(self, pod: str, container: str, page: int = 1000) -> AsyncIterator[str]:
+        after = ""
+        while True:
+            batch = await self.children(pod, container, after, page)
+            for path in batch:
+                yield path
+            if len(batch) < page:
+                return
+            after = batch[-1]
+
+    async def get_acl(self, pod: str, path: str) -> tuple[bytes, str] | None:
+        record = await self.get(pod, path)
+        return None if record is None else (record.body, record.content_type)
+
+    async def arrivals(
+        self, pod: str, container: str, after: int, since: float, limit: int
+    ) -> list[tuple[int, Record, float]]:
+        rows = await self._require_pool().fetch(
+            "SELECT id, path, content_type, body, version, modified, created FROM resources"
+            " WHERE pod=$1 AND parent=$2 AND id>$3 AND created>=$4 ORDER BY id LIMIT $5",
+            pod,
+            container,
+            after,
+            since,
+            limit,
+        )
+        return [(int(r["id"]), _record(r["path"], r), float(r["created"])) for r in rows]
+
+    async def pods(self) -> list[str]:
+        return [str(r[0]) for r in await self._require_pool().fetch("SELECT name FROM pods ORDER BY name")]
+
+    async def pod_exists(self, pod: str) -> bool:
+        return await self._require_pool().fetchval("SELECT 1 FROM pods WHERE name=$1", pod) is not None
+
+    # -- API keys and pod keys -------------------------------------------------------------------
+    async def insert_key(self, key: ApiKey, secret_hash: str) -> None:
+        async def job(tx: Tx) -> None:
+            await tx.conn.execute(
+                "INSERT INTO api_keys(id, pod, agent, secret_hash, label, created, revoked)"
+                " VALUES ($1, $2, $3, $4, $5, $6, false)",
+                key.id,
+                key.pod,
+                key.agent,
+                secret_hash,
+                key.label,
+                key.created,
+            )
+
+        await self.transaction(job)
+
+    async def key_record(self, key_id: str) -> tuple[ApiKey, str] | None:
+        row = await self._require_pool().fetchrow(
+            "SELECT id, pod, agent, created, revoked, label, secret_hash FROM api_keys WHERE id=$1", key_id
+        )
+        if row is None:
+            return None
+        return ApiKey(row[0], row[1], row[2], row[3], bool(row[4]), row[5]), str(row[6])
+
+    async def list_keys(self, pod: str) -> list[ApiKey]:
+        rows = await self._require_pool().fetch(
+            "SELECT id, pod, agent, created, revoked, label FROM api_keys WHERE pod=$1 ORDER BY created", pod
+        )
+        return [ApiKey(r[0], r[1], r[2], r[3], bool(r[4]), r[5]) for r in rows]
+
+    async def revoke_key(self, pod: str, key_id: str) -> bool:
+        async def job(tx: Tx) -> bool:
+            status = await tx.conn.execute(
+                "UPDATE api_keys SET revoked=true WHERE pod=$1 AND id=$2", pod, key_id
+            )
+            return int(status.split()[-1]) > 0
+
+        return await self.transaction(job)
+
+    async def pod_key(self, pod: str) -> tuple[str, bytes] | None:
+        row = await self._require_pool().fetchrow(
+            "SELECT key_id, private_pem FROM pod_keys WHERE pod=$1", pod
+        )
+        return None if row is None else (str(row[0]), bytes(row[1]))
+
+    # -- writes ----------------------------------------------------------------------------------
+    async def write(self, pod: str, write: Write) -> tuple[Record, bool]:
+        return await self.transaction(lambda tx: write_in(tx, pod, write))
+
+    async def delete(self, pod: str, path: str, expect: str | None = None) -> None:
+        await self.transaction(lambda tx: delete_in(tx, pod, path, expect))
+
+    async def create_pod(
+        self, pod: str, resources: Sequence[Write], key: tuple[str, bytes] | None = None
+    ) -> None:
+        async def job(tx: Tx) -> None:
+            conn = tx.conn
+            await tx.lock_pod(pod)
+            now = time.time()
+            if not await conn.fetchval(
+                "INSERT INTO pods(name, created) VALUES ($1, $2) ON CONFLICT DO NOTHING RETURNING 1", pod, now
+            ):
+                raise Conflict(f"Pod {pod} already exists")
+            await conn.execute("DELETE FROM pod_keys WHERE pod=$1", pod)
+            if key is not None:
+                await conn.execute(
+                    "INSERT INTO pod_keys(pod, key_id, private_pem) VALUES ($1, $2, $3)", pod, *key
+                )
+            await conn.execute("DELETE FROM resources WHERE pod=$1", pod)
+            await conn.execute(_INSERT, pod, "/", None, "text/turtle", b"", new_version(), now)
+            for w in resources:
+                await write_in(tx, pod, w)
+
+        await self.transaction(job)

@@ -1,0 +1,193 @@
+"""The delivery queue in the PostgreSQL database, next to the resources it delivers.
+
+Rows are written in the same transaction as the resources that caused them, by the accessor's own
+write logic on the same connection (``ldp.postgres.write_in``); the tables are part of the
+accessor's schema (``ldp.postgres.MIGRATIONS``). Any number of processes run workers on one
+database: a claim locks due rows with ``FOR UPDATE SKIP LOCKED`` and leases them in the same
+statement, so each row is claimed by one worker; a row whose worker died becomes due again when
+its lease runs out.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+
+import asyncpg
+
+from ldp.accessor import Write
+from ldp.postgres import PostgresAccessor, Tx, write_in
+from pod.queue import Delivery, NewDelivery, Outcome
+
+_COLUMNS = (
+    "id, event_id, sender, kind, recipient, target, secret, payload, state, attempts, next_attempt,"
+    " last_error, created, finished"
+)
+_INSERT = (
+    "INSERT INTO deliveries(event_id, sender, kind, recipient, target, secret, payload, next_attempt,"
+    " created) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8)"
+)
+
+
+def _row(r: asyncpg.Record) -> Delivery:
+    return Delivery(
+        int(r["id"]),
+        r["event_id"],
+        r["sender"],
+        r["kind"],
+        r["recipient"],
+        r["target"],
+        r["secret"],
+        bytes(r["payload"]),
+        r["state"],
+        int(r["attempts"]),
+        float(r["next_attempt"]),
+        r["last_error"],
+        float(r["created"]),
+        None if r["finished"] is None else float(r["finished"]),
+    )
+
+
+async def insert_deliveries(tx: Tx, deliveries: Sequence[NewDelivery], now: float) -> None:
+    await tx.conn.executemany(
+        _INSERT,
+        [(d.event_id, d.sender, d.kind, d.recipient, d.target, d.secret, d.payload, now) for d in deliveries],
+    )
+
+
+class PostgresQueue:
+    """DeliveryQueue on the PostgreSQL accessor's transactions."""
+
+    def __init__(self, accessor: PostgresAccessor, lease: float = 60.0) -> None:
+        self.accessor = accessor
+        self.lease = lease
+
+    async def open(self) -> None:
+        """Nothing to do: the queue's tables are part of the accessor's schema."""
+
+    async def commit(self, pod: str, writes: Sequence[Write], deliveries: Sequence[NewDelivery]) -> None:
+        async def job(tx: Tx) -> None:
+            for w in writes:
+                await write_in(tx, pod, w)
+            await insert_deliveries(tx, deliveries, time.time())
+
+        await self.accessor.transaction(job)
+
+    async def receive(
+        self,
+        pod: str,
+        sender: str,
+        event_id: str,
+        path: str,
+        writes: Sequence[Write],
+        deliveries: Sequence[NewDelivery],
+    ) -> str | None:
+        async def job(tx: Tx) -> str | None:
+            # Claim the event id first: a copy being stored by another transaction makes this insert
+            # wait for it, and then do nothing if that one committed.
+            claimed = await tx.conn.fetchval(
+                "INSERT INTO received(pod, sender, event_id, path) VALUES ($1, $2, $3, $4)"
+                " ON CONFLICT DO NOTHING RETURNING 1",
+                pod,
+                sender,
+                event_id,
+                path,
+            )
+            if not claimed:
+                earlier = await tx.conn.fetchval(
+                    "SELECT path FROM received WHERE pod=$1 AND sender=$2 AND event_id=$3",
+                    pod,
+                    sender,
+                    event_id,
+                )
+                return str(earlier)
+            for w in writes:
+                await write_in(tx, pod, w)
+            await insert_deliveries(tx, deliveries, time.time())
+            return None
+
+        return await self.accessor.transaction(job)
+
+    async def seen(self, pod: str, sender: str, event_id: str) -> str | None:
+        path = await self.accessor.pool.fetchval(
+            "SELECT path FROM received WHERE pod=$1 AND sender=$2 AND event_id=$3", pod, sender, event_id
+        )
+        return None if path is None else str(path)
+
+    async def claim(self, limit: int, now: float | None = None) -> list[Delivery]:
+        at = time.time() if now is None else now
+        # Rows another worker is claiming right now are locked: skipped, not waited for. Once that
+        # claim commits, their lease keeps them out of every later claim.
+        rows = await self.accessor.pool.fetch(
+            f"UPDATE deliveries SET lease_until=$2 WHERE id IN ("
+            "SELECT id FROM deliveries WHERE state='pending' AND next_attempt<=$1 AND lease_until<=$1"
+            " ORDER BY next_attempt LIMIT $3 FOR UPDATE SKIP LOCKED)"
+            f" RETURNING {_COLUMNS}",
+            at,
+            at + self.lease,
+            limit,
+        )
+        return sorted((_row(r) for r in rows), key=lambda d: (d.next_attempt, d.id))
+
+    async def finish(self, outcomes: Sequence[Outcome]) -> None:
+        now = time.time()
+        retries = [
+            (i, error, next_attempt) for i, state, error, next_attempt in outcomes if state == "pending"
+        ]
+        done = [(i, state, error, now) for i, state, error, _ in outcomes if state != "pending"]
+
+        async def job(tx: Tx) -> None:
+            await tx.conn.executemany(
+                "UPDATE deliveries SET attempts=attempts+1, next_attempt=$3, lease_until=0, last_error=$2"
+                " WHERE id=$1",
+                retries,
+            )
+            await tx.conn.executemany(
+                "UPDATE deliveries SET state=$2, attempts=attempts+1, lease_until=0, last_error=$3,"
+                " finished=$4 WHERE id=$1",
+                done,
+            )
+
+        await self.accessor.transaction(job)
+
+    async def release(self, ids: Sequence[int]) -> None:
+        await self.accessor.pool.execute(
+            "UPDATE deliveries SET lease_until=0 WHERE id = ANY($1::bigint[])", list(ids)
+        )
+
+    async def for_event(self, event_id: str) -> list[Delivery]:
+        rows = await self.accessor.pool.fetch(
+            f"SELECT {_COLUMNS} FROM deliveries WHERE event_id=$1 ORDER BY id", event_id
+        )
+        return [_row(r) for r in rows]
+
+    async def next_due(self) -> float | None:
+        due = await self.accessor.pool.fetchval(
+            "SELECT MIN(GREATEST(next_attempt, lease_until)) FROM deliveries WHERE state='pending'"
+        )
+        return None if due is None else float(due)
+
+    async def depth(self) -> int:
+        return int(await self.accessor.pool.fetchval("SELECT COUNT(*) FROM deliveries WHERE state='pending'"))
+
+    async def pending_count(self, sender: str) -> int:
+        count = await self.accessor.pool.fetchval(
+            "SELECT COUNT(*) FROM deliveries WHERE state='pending' AND sender=$1", sender
+        )
+        return int(count)
+
+    async def replay(self, sender: str | None, since: float, until: float, states: Sequence[str]) -> int:
+        query = (
+            "UPDATE deliveries SET state='pending', attempts=0, next_attempt=$1, lease_until=0,"
+            " last_error='', finished=NULL WHERE created>=$2 AND created<$3 AND state = ANY($4::text[])"
+        )
+        params: list[object] = [time.time(), since, until, list(states)]
+        if sender is not None:
+            query += " AND sender=$5"
+            params.append(sender)
+
+        async def job(tx: Tx) -> int:
+            status = await tx.conn.execute(query, *params)
+            return int(status.split()[-1])
+
+        return await self.accessor.transaction(job)

@@ -1,0 +1,201 @@
+"""The delivery queue in the SQLite database, next to the resources it delivers.
+
+Rows are written by the accessor's group-commit writer, in the same transaction as the resources
+that caused them; the tables are part of the accessor's schema (``ldp.sqlite.MIGRATIONS``). Workers
+lease due rows (``lease_until``), so a row claimed by a process that dies becomes due again when the
+lease runs out; SQLite's single writer makes each claim exclusive.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections.abc import Sequence
+
+from ldp.accessor import Write
+from ldp.sqlite import SqliteAccessor, write_in
+from pod.queue import Delivery, NewDelivery, Outcome
+
+_COLUMNS = (
+    "id, event_id, sender, kind, recipient, target, secret, payload, state, attempts, next_attempt,"
+    " last_error, created, finished"
+)
+
+
+def _row(row: Sequence[object]) -> Delivery:
+    return Delivery(
+        int(row[0]),  # type: ignore[call-overload]
+        str(row[1]),
+        str(row[2]),
+        str(row[3]),
+        str(row[4]),
+        str(row[5]),
+        str(row[6]),
+        bytes(row[7]),  # type: ignore[call-overload]
+        str(row[8]),
+        int(row[9]),  # type: ignore[call-overload]
+        float(row[10]),  # type: ignore[arg-type]
+        str(row[11]),
+        float(row[12]),  # type: ignore[arg-type]
+        None if row[13] is None else float(row[13]),  # type: ignore[arg-type]
+    )
+
+
+def insert_deliveries(conn: sqlite3.Connection, deliveries: Sequence[NewDelivery], now: float) -> None:
+    conn.executemany(
+        "INSERT INTO deliveries(event_id, sender, kind, recipient, target, secret, payload,"
+        " next_attempt, created) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        [
+            (d.event_id, d.sender, d.kind, d.recipient, d.target, d.secret, d.payload, now, now)
+            for d in deliveries
+        ],
+    )
+
+
+class SqliteQueue:
+    """DeliveryQueue on the SQLite accessor's group-commit writer."""
+
+    def __init__(self, accessor: SqliteAccessor, lease: float = 60.0) -> None:
+        self.accessor = accessor
+        self.lease = lease
+
+    async def open(self) -> None:
+        """Nothing to do: the queue's tables are part of the accessor's schema (``ldp.sqlite``)."""
+
+    async def commit(self, pod: str, writes: Sequence[Write], deliveries: Sequence[NewDelivery]) -> None:
+        def job(conn: sqlite3.Connection) -> None:
+            for w in writes:
+                write_in(conn, pod, w)
+            insert_deliveries(conn, deliveries, time.time())
+
+        await self.accessor.run_job(job)
+
+    async def claim(self, limit: int, now: float | None = None) -> list[Delivery]:
+        at = time.time() if now is None else now
+
+        def job(conn: sqlite3.Connection) -> list[Delivery]:
+            rows = conn.execute(
+                f"SELECT {_COLUMNS} FROM deliveries"
+                " WHERE state='pending' AND next_attempt<=? AND lease_until<=? ORDER BY next_attempt LIMIT ?",
+                (at, at, limit),
+            ).fetchall()
+            conn.executemany(
+                "UPDATE deliveries SET lease_until=? WHERE id=?", [(at + self.lease, r[0]) for r in rows]
+            )
+            return [_row(r) for r in rows]
+
+        claimed: list[Delivery] = await self.accessor.run_job(job)
+        return claimed
+
+    async def finish(self, outcomes: Sequence[Outcome]) -> None:
+        now = time.time()
+
+        def job(conn: sqlite3.Connection) -> None:
+            for delivery_id, state, error, next_attempt in outcomes:
+                if state == "pending":
+                    conn.execute(
+                        "UPDATE deliveries SET attempts=attempts+1, next_attempt=?, lease_until=0,"
+                        " last_error=? WHERE id=?",
+                        (next_attempt, error, delivery_id),
+                    )
+                else:
+                    conn.execute(
+                        "UPDATE deliveries SET state=?, attempts=attempts+1, lease_until=0, last_error=?,"
+                        " finished=? WHERE id=?",
+                        (state, error, now, delivery_id),
+                    )
+
+        await self.accessor.run_job(job)
+
+    async def release(self, ids: Sequence[int]) -> None:
+        await self.accessor.run_job(
+            lambda conn: conn.executemany(
+                "UPDATE deliveries SET lease_until=0 WHERE id=?", [(i,) for i in ids]
+            )
+        )
+
+    async def receive(
+        self,
+        pod: str,
+        sender: str,
+        event_id: str,
+        path: str,
+        writes: Sequence[Write],
+        deliveries: Sequence[NewDelivery],
+    ) -> str | None:
+        def job(conn: sqlite3.Connection) -> str | None:
+            row = conn.execute(
+                "SELECT path FROM received WHERE pod=? AND sender=? AND event_id=?", (pod, sender, event_id)
+            ).fetchone()
+            if row is not None:
+                return str(row[0])
+            for w in writes:
+                write_in(conn, pod, w)
+            conn.execute(
+                "INSERT INTO received(pod, sender, event_id, path) VALUES (?, ?, ?, ?)",
+                (pod, sender, event_id, path),
+            )
+            insert_deliveries(conn, deliveries, time.time())
+            return None
+
+        existing: str | None = await self.accessor.run_job(job)
+        return existing
+
+    async def seen(self, pod: str, sender: str, event_id: str) -> str | None:
+        row = (
+            self.accessor.read_connection()
+            .execute(
+                "SELECT path FROM received WHERE pod=? AND sender=? AND event_id=?", (pod, sender, event_id)
+            )
+            .fetchone()
+        )
+        return None if row is None else str(row[0])
+
+    async def for_event(self, event_id: str) -> list[Delivery]:
+        rows = (
+            self.accessor.read_connection()
+            .execute(f"SELECT {_COLUMNS} FROM deliveries WHERE event_id=? ORDER BY id", (event_id,))
+            .fetchall()
+        )
+        return [_row(r) for r in rows]
+
+    async def next_due(self) -> float | None:
+        row = (
+            self.accessor.read_connection()
+            .execute("SELECT MIN(MAX(next_attempt, lease_until)) FROM deliveries WHERE state='pending'")
+            .fetchone()
+        )
+        return None if row is None or row[0] is None else float(row[0])
+
+    async def depth(self) -> int:
+        row = (
+            self.accessor.read_connection()
+            .execute("SELECT COUNT(*) FROM deliveries WHERE state='pending'")
+            .fetchone()
+        )
+        return int(row[0])
+
+    async def pending_count(self, sender: str) -> int:
+        row = (
+            self.accessor.read_connection()
+            .execute("SELECT COUNT(*) FROM deliveries WHERE state='pending' AND sender=?", (sender,))
+            .fetchone()
+        )
+        return int(row[0])
+
+    async def replay(self, sender: str | None, since: float, until: float, states: Sequence[str]) -> int:
+        marks = ",".join("?" for _ in states)
+
+        def job(conn: sqlite3.Connection) -> int:
+            params: list[object] = [time.time(), since, until, *states]
+            query = (
+                "UPDATE deliveries SET state='pending', attempts=0, next_attempt=?, lease_until=0,"
+                f" last_error='', finished=NULL WHERE created>=? AND created<? AND state IN ({marks})"
+            )
+            if sender is not None:
+                query += " AND sender=?"
+                params.append(sender)
+            return conn.execute(query, params).rowcount
+
+        count: int = await self.accessor.run_job(job)
+        return count
