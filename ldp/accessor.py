@@ -134,6 +134,10 @@ class StorageAccessor(Protocol):
 
     async def pod_key(self, pod: str) -> tuple[str, bytes] | None: ...
 
+    async def ping(self) -> None:
+        """Raise unless the database answers a trivial query now (readiness checks)."""
+        ...
+
     async def acl_epoch(self) -> int:
         """A number that changes whenever any ACL resource is written or deleted."""
         ...

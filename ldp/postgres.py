@@ -441,6 +441,9 @@ class PostgresAccessor:
             except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError):
                 conn.terminate()
 
+    async def ping(self) -> None:
+        await self._require_pool().fetchval("SELECT 1")
+
     async def acl_epoch(self) -> int:
         """Answered from memory while notifications arrive; read from the database otherwise."""
         if not self._listening:

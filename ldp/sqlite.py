@@ -364,6 +364,9 @@ class SqliteAccessor:
             after = batch[-1]
             await asyncio.sleep(0)  # let other requests run between pages of a large listing
 
+    async def ping(self) -> None:
+        self._read().execute("SELECT 1").fetchone()
+
     async def acl_epoch(self) -> int:
         row = self._read().execute("SELECT value FROM meta WHERE key='acl_epoch'").fetchone()
         return 0 if row is None else int(row[0])

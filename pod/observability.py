@@ -300,9 +300,9 @@ async def ready(request: web.Request) -> web.StreamResponse:
         reason = "starting"
     else:
         try:
-            # acl_epoch is one single-row read in the narrow accessor interface that every backend
-            # implements: a trivial query that proves the database answers.
-            await asyncio.wait_for(app[STORE].accessor.acl_epoch(), READY_TIMEOUT)
+            # A trivial query that proves the database answers now (acl_epoch would not: on
+            # PostgreSQL it is answered from memory while notifications arrive).
+            await asyncio.wait_for(app[STORE].accessor.ping(), READY_TIMEOUT)
         except TimeoutError:
             reason = f"database did not answer within {READY_TIMEOUT:g} s"
         except Exception as exc:

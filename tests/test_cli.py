@@ -81,6 +81,9 @@ def test_config_precedence(tmp_path: Path) -> None:
         load_config({}, config_file=str(bad), environ={})
     with pytest.raises(ConfigError, match="invalid value for port"):
         load_config({}, environ={"POD_PORT": "x"})
+    # an empty variable is unset, except where empty means something: no demo pod
+    assert load_config({}, environ={"POD_PORT": ""}).port == 8080
+    assert load_config({}, environ={"POD_DEMO_POD": ""}).demo_pod == ""
 
 
 def test_serve_creates_demo_pod_and_cli_works_alongside(backend: Databases, tmp_path: Path) -> None:

@@ -253,8 +253,14 @@ def test_sender_killed_mid_fan_out_delivers_exactly_once(procs: Procs) -> None:
 
     a.start()
     wait_for(lambda: received_count(b), lambda count: count >= total, WAIT)
-    with a.db() as conn:  # every queued delivery finished, none failed
-        states = dict(conn.execute("SELECT state, COUNT(*) FROM deliveries GROUP BY state").fetchall())
+
+    def delivery_states() -> dict[str, int]:
+        with a.db() as conn:
+            return dict(conn.execute("SELECT state, COUNT(*) FROM deliveries GROUP BY state").fetchall())
+
+    # Every queued delivery finishes, none fails. The sender records an outcome just after the
+    # receiver has stored the copy, so wait for the records rather than read them at once.
+    states = wait_for(delivery_states, lambda st: st == {"delivered": n_events + total}, WAIT)
     assert states == {"delivered": n_events + total}, states
     user_copies = inbox(a, "user")
     assert len(user_copies) == n_events and {e["id"] for e in user_copies} == ids

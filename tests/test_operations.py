@@ -105,7 +105,7 @@ async def test_liveness_does_not_touch_the_database_readiness_does(
     async def broken() -> int:
         raise sqlite3.OperationalError("disk I/O error")
 
-    monkeypatch.setattr(client.app[STORE].accessor, "acl_epoch", broken)
+    monkeypatch.setattr(client.app[STORE].accessor, "ping", broken)
     live = await client.get("/.health")
     assert (live.status, await live.json()) == (200, {"status": "ok"})
     ready = await client.get("/.health/ready")
@@ -126,7 +126,7 @@ async def test_readiness_gives_up_on_a_database_that_does_not_answer(
         return 0
 
     monkeypatch.setattr(observability, "READY_TIMEOUT", 0.1)
-    monkeypatch.setattr(client.app[STORE].accessor, "acl_epoch", stuck)
+    monkeypatch.setattr(client.app[STORE].accessor, "ping", stuck)
     started = time.monotonic()
     response = await client.get("/.health/ready")
     assert time.monotonic() - started < 5
