@@ -23,7 +23,7 @@ from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from functools import partial
-from typing import Any, TypeGuard
+from typing import Any, Protocol, TypeGuard
 from urllib.parse import urlsplit
 
 import jwt
@@ -179,6 +179,12 @@ class _VerifiedTokens:
             self._entries.popitem(last=False)
 
 
+class SharedClaims(Protocol):
+    """A replay guard shared by several server processes (``pod.replay``)."""
+
+    async def claim_once(self, key: bytes, expires: float, now: float) -> bool: ...
+
+
 class DpopVerifier:
     """Verifies Solid-OIDC requests: DPoP proof, access token, issuer trust.
 
@@ -199,6 +205,7 @@ class DpopVerifier:
         replay_ttl: float = 300.0,
         require_ath: bool = False,
         replay_max_entries: int = 100_000,
+        shared_replay: SharedClaims | None = None,
     ) -> None:
         self._fetch_json = fetch_json
         self._issuers_of = issuers_of
@@ -209,6 +216,7 @@ class DpopVerifier:
         self._require_ath = require_ath
         self._proof_keys = ProofKeys()
         self._replay = ReplayCache(replay_max_entries)
+        self._shared_replay = shared_replay
         self._verified = _VerifiedTokens()
         self._issuers: OrderedDict[str, _IssuerKeys] = OrderedDict()
         self._inflight: dict[str, asyncio.Task[_IssuerKeys]] = {}
@@ -253,6 +261,11 @@ class DpopVerifier:
         # no await between check and insert, so two concurrent requests with one proof cannot both pass.
         expires = max(now + self._replay_ttl, proof.iat + self._iat_window)
         if not self._replay.add(replay_key, expires, self._clock()):
+            raise _replayed()
+        # Other server processes on the same database must refuse this proof too (RFC 9449 §11.1).
+        if self._shared_replay is not None and not await self._shared_replay.claim_once(
+            b"dpop:" + replay_key, expires, self._clock()
+        ):
             raise _replayed()
         client_id = claims.get("client_id") if isinstance(claims.get("client_id"), str) else None
         if client_id is None and isinstance(claims.get("azp"), str):

@@ -142,6 +142,15 @@ CREATE TABLE received (
 );
 """,
     ),
+    Migration(
+        2,
+        "replay guard shared by all server processes",
+        """
+-- UNLOGGED: entries only need to outlive a proof's short validity window, not a crash.
+CREATE UNLOGGED TABLE replay_keys (key bytea PRIMARY KEY, expires double precision NOT NULL);
+CREATE INDEX replay_keys_expires ON replay_keys(expires);
+""",
+    ),
 )
 SCHEMA_VERSION = MIGRATIONS[-1].version
 
@@ -443,6 +452,21 @@ class PostgresAccessor:
 
     async def ping(self) -> None:
         await self._require_pool().fetchval("SELECT 1")
+
+    async def claim_once(self, key: bytes, expires: float, now: float) -> bool:
+        """True the first time any process claims ``key`` before ``expires`` (replay guard)."""
+        pool = self._require_pool()
+        claimed = await pool.fetchval(
+            "INSERT INTO replay_keys(key, expires) VALUES ($1, $2)"
+            " ON CONFLICT (key) DO UPDATE SET expires = EXCLUDED.expires WHERE replay_keys.expires <= $3"
+            " RETURNING true",
+            key,
+            expires,
+            now,
+        )
+        if claimed and key[-1] == 0:  # now and then (1 claim in 256) drop what has expired
+            await pool.execute("DELETE FROM replay_keys WHERE expires <= $1", now)
+        return bool(claimed)
 
     async def acl_epoch(self) -> int:
         """Answered from memory while notifications arrive; read from the database otherwise."""

@@ -28,6 +28,7 @@ from pod.observability import install_operations, observe_middleware
 from pod.outbound import OutboundClient, OutboundError
 from pod.pods import create_pod
 from pod.publish import Publisher, RemoteTopicCheck
+from pod.replay import SharedSignatureReplay
 from pod.state import (
     API_KEYS,
     AUTHENTICATOR,
@@ -75,11 +76,15 @@ async def _storage(app: web.Application) -> AsyncIterator[None]:
     async def resolve_key(key_id: str) -> tuple[str, dict[str, str]]:
         return webid_key_from_graph(await documents.graph(key_id), key_id)
 
-    dpop = DpopVerifier(fetch_json=fetch_json, issuers_of=documents.oidc_issuers)
+    dpop = DpopVerifier(
+        fetch_json=fetch_json, issuers_of=documents.oidc_issuers, shared_replay=backend.claims
+    )
     app[AUTHENTICATOR] = Authenticator(
         keys,
         dpop=dpop,
-        signatures=SignatureVerifier(resolve_key),
+        signatures=SignatureVerifier(
+            resolve_key, replay_cache=SharedSignatureReplay(backend.claims) if backend.claims else None
+        ),
         unsafe_webid_header=config.unsafe_webid_header,
     )
     wac = app[AUTHORIZER].wac

@@ -1,7 +1,8 @@
 """Choosing the database: the embedded SQLite file (default) or PostgreSQL (``--database postgresql://…``).
 
-Both provide the same three things — resources (StorageAccessor), API keys (KeyStorage) and the
-delivery queue (DeliveryQueue) — so the rest of the server does not know which one runs.
+Both provide the same things — resources (StorageAccessor), API keys (KeyStorage), the delivery
+queue (DeliveryQueue) and, where several processes share the data, a shared replay guard — so the
+rest of the server does not know which one runs.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from ldp.sqlite import SqliteAccessor
 from pod.config import Config
 from pod.queue import DeliveryQueue
 from pod.queue_sqlite import SqliteQueue
+from pod.replay import SharedClaims, SqliteClaims
 
 
 @dataclass(frozen=True)
@@ -22,8 +24,13 @@ class Backend:
     keys: KeyStorage
     queue: DeliveryQueue
     name: str
+    # Set when several processes serve the same data (PostgreSQL, or --workers above 1): proofs and
+    # signatures accepted by one process must be refused by the others.
+    claims: SharedClaims | None = None
 
     async def close(self) -> None:
+        if isinstance(self.claims, SqliteClaims):
+            self.claims.close()
         await self.accessor.close()
 
 
@@ -41,9 +48,10 @@ async def open_backend(config: Config) -> Backend:
         await pg.open()
         pg_queue = PostgresQueue(pg, lease=config.delivery_lease)
         await pg_queue.open()
-        return Backend(pg, pg, pg_queue, "postgresql")
+        return Backend(pg, pg, pg_queue, "postgresql", pg)
     sqlite = SqliteAccessor(config.database_path)
     await sqlite.open()
     queue = SqliteQueue(sqlite, lease=config.delivery_lease)
     await queue.open()
-    return Backend(sqlite, sqlite, queue, "sqlite")
+    claims = SqliteClaims(config.data_dir / "replay.sqlite3") if config.workers > 1 else None
+    return Backend(sqlite, sqlite, queue, "sqlite", claims)
