@@ -5,6 +5,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from acl.credentials import Credentials
+from ldp.errors import Forbidden, Unauthorized
 from ldp.identifiers import Target
 from pod.state import AUTHENTICATOR, CREDENTIALS, LOCATOR
 
@@ -19,4 +20,15 @@ async def authenticate(request: web.Request, target: Target) -> Credentials:
         method=request.method, url=full_url, pod=target.pod, headers=headers, body=body
     )
     request[CREDENTIALS] = creds
+    return creds
+
+
+async def require_owner(request: web.Request, target: Target, action: str) -> Credentials:
+    """Authenticate and insist on the pod's owner, not acting through an API key: an app's key must
+    not let it manage keys or deliveries of the pod it was given to."""
+    creds = await authenticate(request, target)
+    if creds.webid is None:
+        raise Unauthorized(f"Authentication required to {action}")
+    if creds.webid != request.app[LOCATOR].webid(target.pod) or creds.scheme == "api-key":
+        raise Forbidden(f"Only the pod owner can {action}, and not with an API key")
     return creds

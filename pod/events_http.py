@@ -20,13 +20,12 @@ from aiohttp import hdrs, web
 
 from acl.modes import read
 from ldp.conneg import parse_accept
-from ldp.errors import BadRequest, Forbidden, MethodNotAllowed, PreconditionFailed, Unauthorized
+from ldp.errors import BadRequest, Forbidden, MethodNotAllowed, Unauthorized
 from ldp.identifiers import Target
-from ldp.preconditions import etag
 from ldp.rdf import normalize_media_type
-from ldp.store import Conditions
-from pod.auth import authenticate
-from pod.events import TOPIC_FILTER_RE, filter_container, is_webid, parse_time
+from pod.auth import require_owner
+from pod.events import TOPIC_FILTER_RE, filter_container, parse_time
+from pod.grants import subscribe
 from pod.inbox import INBOX, is_event
 from pod.publish import PUBLISH, parse_body, require_api_key
 from pod.state import (
@@ -43,9 +42,6 @@ from pod.state import (
 from pod.subscriptions import (
     SUBSCRIPTIONS_PATH,
     Subscription,
-    parse_subscriptions,
-    read_subscriptions,
-    subscriptions_document,
 )
 
 PAGE = 50
@@ -169,55 +165,40 @@ async def handle_subscription(request: web.Request, target: Target) -> web.Strea
     creds = request[CREDENTIALS]
     if creds.webid is None:
         raise Unauthorized("Authentication required to manage a subscription")
-    store = app[STORE]
+    doc: dict[str, Any] = {}
     if request.method == "POST":
         try:
             doc = json.loads(await request.read())
-        except (ValueError, UnicodeDecodeError):
+        except (ValueError, UnicodeDecodeError, RecursionError):
             raise BadRequest("request body is not valid JSON object") from None
         if not isinstance(doc, dict):
             raise BadRequest("request body is not valid JSON object")
         topic = doc.get("topic")
-        if not isinstance(topic, str) or not TOPIC_FILTER_RE.match(topic):
-            raise BadRequest("No valid topic found")
-        entry_doc = {k: v for k, v in doc.items() if k in ("inbox", "webhook", "secret")}
-        entry_doc.update({"agent": creds.webid, "topics": [topic]})
-        for name in ("inbox", "webhook"):
-            if name in entry_doc and not is_webid(entry_doc[name]):
-                raise BadRequest(f"Invalid {name} URL: {entry_doc[name]}")
     else:
         topic = request.query.get("topic", "")
-        if not TOPIC_FILTER_RE.match(topic):
-            raise BadRequest("No valid topic found")
+    if not isinstance(topic, str) or not TOPIC_FILTER_RE.match(topic):
+        raise BadRequest("No valid topic found")
     wac = app[AUTHORIZER].wac
     await wac.refresh()
     if not await wac.allows(
         target.pod, [read(filter_container(topic))], creds.webid, request.headers.get("Origin")
     ):
         raise Forbidden(f"{creds.webid} may not read topic {topic}")
-
-    async def update() -> None:
-        current = await store.accessor.get(target.pod, SUBSCRIPTIONS_PATH)
-        entries = [
-            e
-            for e in read_subscriptions(current)
-            if not (e.agent == creds.webid and topic in e.topics and len(e.topics) == 1)
-        ]
-        if request.method == "POST":
-            entries += parse_subscriptions(json.dumps({"subscriptions": [entry_doc]}).encode())
-        # Conditional on the version read, so concurrent changes to the list are not lost.
-        expect = None if current is None else etag(current.version, current.content_type)
-        conditions = Conditions(if_match=expect, if_none_match="*" if current is None else None)
-        await store.put(
-            target.pod, SUBSCRIPTIONS_PATH, "application/ld+json", subscriptions_document(entries), conditions
-        )
-
-    for _ in range(10):
-        try:
-            await update()
-            break
-        except PreconditionFailed:
-            continue
+    options = {name: doc.get(name) for name in ("inbox", "webhook")}
+    for name, value in options.items():
+        if value is not None and not isinstance(value, str):
+            raise BadRequest(f"Invalid {name} URL: {value}")
+    secret = doc.get("secret", "")
+    await subscribe(
+        app[STORE],
+        target.pod,
+        creds.webid,
+        topic,
+        inbox=options["inbox"],
+        webhook=options["webhook"],
+        secret=secret if isinstance(secret, str) else "",
+        remove=request.method == "DELETE",
+    )
     return web.Response(status=201 if request.method == "POST" else 204)
 
 
@@ -231,11 +212,7 @@ def is_self_service_subscription(request: web.Request, target: Target) -> bool:
 async def handle_replay(request: web.Request, target: Target) -> web.StreamResponse:
     app = request.app
     locator = app[LOCATOR]
-    creds = await authenticate(request, target)
-    if creds.webid is None:
-        raise Unauthorized("Authentication required to replay deliveries")
-    if creds.webid != locator.webid(target.pod) or creds.scheme == "api-key":
-        raise Forbidden("Only the pod owner can replay deliveries")
+    await require_owner(request, target, "replay deliveries")
     if request.method != "POST":
         raise MethodNotAllowed(f"{request.method} is not supported on {locator.url(target.pod, target.path)}")
     since = parse_time(request.query.get("from"), 0.0)

@@ -14,9 +14,9 @@ import json
 
 from aiohttp import web
 
-from ldp.errors import BadRequest, Forbidden, MethodNotAllowed, Unauthorized
+from ldp.errors import BadRequest, MethodNotAllowed
 from ldp.identifiers import Target
-from pod.auth import authenticate
+from pod.auth import require_owner
 from pod.state import API_KEYS, LOCATOR
 
 KEYS_PATH = "/.well-known/api-keys"
@@ -29,11 +29,7 @@ def is_keys_path(path: str) -> bool:
 async def handle_keys(request: web.Request, target: Target) -> web.StreamResponse:
     locator = request.app[LOCATOR]
     url = locator.url(target.pod, target.path)
-    creds = await authenticate(request, target)
-    if creds.webid is None:
-        raise Unauthorized("Authentication required to manage API keys")
-    if creds.webid != locator.webid(target.pod) or creds.scheme == "api-key":
-        raise Forbidden("Only the pod owner can manage API keys, and not with an API key")
+    await require_owner(request, target, "manage API keys")
     keys = request.app[API_KEYS]
     if target.path == KEYS_PATH and request.method == "GET":
         return web.json_response([k.as_json() for k in await keys.list(target.pod)])

@@ -22,7 +22,7 @@ from acl.modes import read
 from acl.wac import Wac
 from ldp.accessor import Record
 from ldp.errors import BadRequest
-from pod.events import EVENTS_CONTEXT, TOPIC_FILTER_RE, Topic, filter_container, is_webid, topic_matches
+from pod.events import EVENTS_CONTEXT, TOPIC_FILTER_RE, Topic, is_webid, topic_matches
 
 SUBSCRIPTIONS_PATH = "/settings/subscriptions"
 
@@ -104,7 +104,3 @@ async def subscribers(wac: Wac, pod: str, record: Record | None, topic: Topic) -
         ):
             matched.append(entry)
     return matched
-
-
-def may_subscribe_container(pattern: str) -> str:
-    return filter_container(pattern)
