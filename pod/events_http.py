@@ -141,21 +141,33 @@ async def inbox_page(request: web.Request, target: Target) -> web.StreamResponse
     app = request.app
     locator = app[LOCATOR]
     rows = await app[STORE].accessor.arrivals(target.pod, target.path, after, since, limit)
-    contains: list[Any] = []
+    # Items are stored JSON (validated when written), so a page is assembled from the stored bytes
+    # rather than decoded and encoded again: that was most of the cost of serving a page.
+    items: list[bytes] = []
     for _, record, _created in rows:
-        url = locator.url(target.pod, record.path)
-        if fmt == "links" or normalize_media_type(record.content_type) not in (
-            "application/ld+json",
-            "application/json",
-        ):
-            contains.append(url)
-            continue
-        try:
-            contains.append(json.loads(record.body))
-        except ValueError:
-            contains.append(url)
+        body = record.body.strip()
+        if fmt == "full" and body[:1] in (b"{", b"[") and _embeddable(record.content_type, body):
+            items.append(body)
+        else:
+            items.append(json.dumps(locator.url(target.pod, record.path)).encode())
     next_token = str(rows[-1][0]) if rows else (str(after) if by == "token" and after else "")
-    return web.json_response({"contains": contains, "next": next_token})
+    page = b'{"contains": [' + b", ".join(items) + b'], "next": ' + json.dumps(next_token).encode() + b"}"
+    return web.Response(body=page, content_type="application/json")
+
+
+def _embeddable(content_type: str, body: bytes) -> bool:
+    """JSON text that can go into the page as is. JSON-LD was parsed when it was written; plain
+    JSON is stored unchecked (it is not RDF), so it is checked here."""
+    media = normalize_media_type(content_type)
+    if media == "application/ld+json":
+        return True
+    if media != "application/json":
+        return False
+    try:
+        json.loads(body)
+    except (ValueError, RecursionError):
+        return False
+    return True
 
 
 # -- subscriptions ------------------------------------------------------------------------------------

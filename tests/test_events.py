@@ -472,3 +472,17 @@ async def test_refused_delivery_is_failed_with_reason_then_replayed(world: World
     assert (replayed.status, await replayed.json()) == (200, {"replayed": 1})
     (copy,) = await world.wait_inbox("subscriber", 1)
     assert copy["id"] == event_id
+
+
+async def test_inbox_page_survives_items_that_are_not_json(world: World) -> None:
+    """Items are embedded in pages as stored: anything that is not JSON is listed by its URL."""
+    owner = as_(USER)
+    await world.client.put(
+        "/user/inbox/broken", data=b'{"a": ', headers={"Content-Type": "application/json", **owner}
+    )
+    await world.client.put(
+        "/user/inbox/ok", data=b'{"b": 1}', headers={"Content-Type": "application/json", **owner}
+    )
+    await world.client.put("/user/inbox/text", data=b"hello", headers={"Content-Type": "text/plain", **owner})
+    page = await world.inbox("user")
+    assert page["contains"] == [BASE + "user/inbox/broken", {"b": 1}, BASE + "user/inbox/text"]
