@@ -99,9 +99,19 @@ Job = Callable[[sqlite3.Connection], Any]
 
 def _connect(path: Path) -> sqlite3.Connection:
     conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30.0)
-    conn.execute("PRAGMA journal_mode=WAL")
-    conn.execute("PRAGMA synchronous=FULL")
     conn.execute("PRAGMA busy_timeout=30000")
+    # Switching a new file to WAL needs a moment of exclusive access, and SQLite answers "locked"
+    # at once rather than waiting when several processes (workers, the CLI) open it together.
+    for attempt in range(100):
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            break
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or attempt == 99:
+                conn.close()
+                raise
+            time.sleep(0.05)
+    conn.execute("PRAGMA synchronous=FULL")
     return conn
 
 
