@@ -22,7 +22,7 @@ from ldp.accessor import ABSENT, Record, StorageAccessor, VersionMismatch, Write
 from ldp.errors import BadRequest, Conflict, MethodNotAllowed, NotFound, UnsupportedMediaType
 from ldp.identifiers import PodLocator, check_segment, is_acl, is_container, parent_of
 from ldp.patch import Patch, parse_patch
-from ldp.preconditions import check_write
+from ldp.preconditions import check_write, etag
 from ldp.rdf import is_rdf_type, parse_rdf, serialize_rdf, validate_rdf
 from ldp.vocab import LDP, PIM, RDF, SOLID
 
@@ -31,6 +31,9 @@ _RETRIES = 50
 _SLUG_RE = re.compile(r"^[\w.~-]{1,200}$", re.UNICODE)
 RESERVED_PREFIX = "/.well-known/"
 CONTAINER_TYPE = "text/turtle"
+
+# Told of each committed write: (pod, path, "Create" | "Update" | "Delete", new ETag or None).
+ChangeHook = Callable[[str, str, str, str | None], None]
 
 
 @dataclass(frozen=True)
@@ -63,6 +66,14 @@ class ResourceStore:
         self._representations: OrderedDict[tuple[str, str, str, str], bytes] = OrderedDict()
         self._cache_size = cache_size
         self._locks: dict[tuple[str, str], list[Any]] = {}
+        self.on_change: ChangeHook | None = None
+        # Each adds its triples to a pod's storage description (e.g. the notification service).
+        self.describers: list[Callable[[str, Graph], None]] = []
+
+    def _changed(self, pod: str, path: str, kind: str, record: Record | None = None) -> None:
+        if self.on_change is not None:
+            state = None if record is None else etag(record.version, record.content_type)
+            self.on_change(pod, path, kind, state)
 
     # -- reading ---------------------------------------------------------------------------------
     async def read(self, pod: str, path: str) -> Record:
@@ -105,6 +116,8 @@ class ResourceStore:
         graph.add((desc, RDF.type, SOLID.StorageDescription))
         graph.add((URIRef(root), RDF.type, PIM.Storage))
         graph.add((URIRef(root), SOLID.owner, URIRef(self.locator.webid(pod))))
+        for describe in self.describers:
+            describe(pod, graph)
         return serialize_rdf(graph, media_type, str(desc))
 
     def container_head(self, pod: str, record: Record) -> Graph:
@@ -174,7 +187,9 @@ class ResourceStore:
             expect = ABSENT if current is None else current.version
             return await self.accessor.write(pod, Write(path, ctype, stored, expect))
 
-        return await self._retry(pod, path, attempt)
+        record, created = await self._retry(pod, path, attempt)
+        self._changed(pod, path, "Create" if created else "Update", record)
+        return record, created
 
     async def post(
         self, pod: str, container: str, slug: str | None, as_container: bool, content_type: str, body: bytes
@@ -192,6 +207,7 @@ class ResourceStore:
                 if name and await self._taken(pod, path):
                     raise VersionMismatch("slug taken")
                 record, _ = await self.accessor.write(pod, Write(path, ctype, stored, ABSENT))
+                self._changed(pod, path, "Create", record)
                 return record
             except (VersionMismatch, Conflict):
                 name = None  # Solid Protocol §5.3: the server chooses a name when the Slug is taken
@@ -249,7 +265,9 @@ class ResourceStore:
             expect = ABSENT if current is None else current.version
             return await self.accessor.write(pod, Write(path, ctype, stored, expect))
 
-        return await self._retry(pod, path, attempt)
+        record, created = await self._retry(pod, path, attempt)
+        self._changed(pod, path, "Create" if created else "Update", record)
+        return record, created
 
     async def delete(self, pod: str, path: str, cond: Conditions = NO_CONDITIONS) -> None:
         if path == "/":
@@ -262,6 +280,7 @@ class ResourceStore:
             await self.accessor.delete(pod, path, current.version)
 
         await self._retry(pod, path, attempt)
+        self._changed(pod, path, "Delete")
 
     async def parent_exists(self, pod: str, path: str) -> bool:
         parent = parent_of(path)

@@ -24,6 +24,7 @@ from pod.delivery import DeliveryWorker
 from pod.errors import error_middleware
 from pod.handlers import dispatch
 from pod.inbox import Inbox
+from pod.notifications import Notifications
 from pod.observability import install_operations, observe_middleware
 from pod.outbound import OutboundClient, OutboundError
 from pod.pods import create_pod
@@ -37,6 +38,7 @@ from pod.state import (
     DOCUMENTS,
     INBOX_RECEIVER,
     LOCATOR,
+    NOTIFICATIONS,
     OUTBOUND,
     PUBLISHER,
     QUEUE,
@@ -100,9 +102,12 @@ async def _storage(app: web.Application) -> AsyncIterator[None]:
         max_backoff=config.delivery_max_backoff,
     )
     app[QUEUE], app[INBOX_RECEIVER], app[WORKER] = queue, inbox, worker
-    app[PUBLISHER] = Publisher(
+    app[PUBLISHER] = publisher = Publisher(
         queue, locator, wac, RemoteTopicCheck(documents, outbound, worker.key_for), accessor.pod_exists
     )
+    app[NOTIFICATIONS] = notifications = Notifications(locator, wac, accessor)
+    store.on_change = inbox.on_change = publisher.on_change = notifications.feed.publish
+    store.describers.append(notifications.describe)
     if config.unsafe_webid_header:
         log.warning(
             "UNSAFE: 'Authorization: WebID <uri>' is trusted without proof (--unsafe-webid-header). "
@@ -120,6 +125,11 @@ async def _storage(app: web.Application) -> AsyncIterator[None]:
     await backend.close()
 
 
+async def _close_sockets(app: web.Application) -> None:
+    if NOTIFICATIONS in app:
+        await app[NOTIFICATIONS].close()
+
+
 def create_app(config: Config) -> web.Application:
     # Middleware order: every request gets its id and is measured first; preflights are answered
     # before anything can refuse them; every error, including aiohttp's own (413), becomes a
@@ -134,6 +144,7 @@ def create_app(config: Config) -> web.Application:
     app.cleanup_ctx.append(_outbound)
     app.cleanup_ctx.append(_storage)
     app.on_response_prepare.append(add_cors_headers)
+    app.on_shutdown.append(_close_sockets)
     install_operations(app, config)  # /.health, /.metrics: server routes before the pods' catch-all
     app.router.add_route("*", "/{tail:.*}", dispatch)
     return app

@@ -38,8 +38,9 @@ from pod.events_http import (
 )
 from pod.inbox import INBOX, is_event
 from pod.keys_api import handle_keys, is_keys_path
+from pod.notifications import PREFIX as NOTIFICATIONS_PREFIX
 from pod.publish import PUBLISH
-from pod.state import AUTHORIZER, LOCATOR, PARSED_PATCH, PERMISSIONS, STORE
+from pod.state import AUTHORIZER, LOCATOR, NOTIFICATIONS, PARSED_PATCH, PERMISSIONS, STORE
 from pod.subscriptions import SUBSCRIPTIONS_PATH, parse_subscriptions
 
 _LINK_RE = re.compile(r'<([^>]*)>\s*;\s*rel\s*=\s*"?([^",;]+)"?')
@@ -290,6 +291,8 @@ async def dispatch(request: web.Request) -> web.StreamResponse:
     target = target_of(request)
     if handler is None:
         raise MethodNotAllowed(f"Method {request.method} is not supported")
+    if target.path.startswith(NOTIFICATIONS_PREFIX):
+        return await request.app[NOTIFICATIONS].handle(request, target)  # its own access rules
     if is_keys_path(target.path):
         return await handle_keys(request, target)
     if target.path == REPLAY_PATH:

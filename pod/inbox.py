@@ -22,6 +22,7 @@ from acl.wac import Wac
 from ldp.accessor import StorageAccessor, Write
 from ldp.errors import BadRequest, Forbidden
 from ldp.identifiers import PodLocator
+from ldp.store import ChangeHook
 from pod.events import EVENTS_CONTEXT, NO_TOPIC, Topic, is_webid, new_event_name
 from pod.queue import DeliveryQueue, NewDelivery
 from pod.subscriptions import SUBSCRIPTIONS_PATH, subscribers
@@ -53,6 +54,7 @@ class Inbox:
         self.queue = queue
         self.locator = locator
         self.wac = wac
+        self.on_change: ChangeHook | None = None  # told of the stored copy and its topic link
 
     async def receive(self, pod: str, sender: str, doc: dict[str, Any]) -> Received:
         """Apply the rules above to one event sent by ``sender`` (a WebID) to ``pod``."""
@@ -105,4 +107,7 @@ class Inbox:
         # The queue checks again inside the transaction: two copies arriving at once store one.
         writes = [Write(path, JSONLD, body), Write(link_path, JSONLD, json.dumps(link).encode())]
         existing = await self.queue.receive(pod, sender, event_id, path, writes, deliveries)
+        if existing is None and self.on_change is not None:
+            for write in writes:
+                self.on_change(pod, write.path, "Create", None)
         return Received(existing, False) if existing is not None else Received(path, True)

@@ -258,7 +258,7 @@ async def observe_middleware(request: web.Request, handler: Handler) -> web.Stre
         ops.metrics.observe(request.method, status, elapsed)
         if ops.access_log:
             duration_ms = round(elapsed * 1000, 3)
-            path = request.rel_url.raw_path  # percent-encoded, without the query string
+            path = _loggable_path(request.rel_url.raw_path)
             access_log.info(
                 "%s %s %s %.1fms",
                 request.method,
@@ -370,6 +370,13 @@ def install_operations(app: web.Application, config: Config) -> None:
 # -- logging ---------------------------------------------------------------------------------------
 
 _ACCESS_FIELDS = ("method", "path", "status", "duration_ms")
+# A notification channel's socket URL carries its credential (an unguessable token) in the path.
+_CHANNEL_TOKEN = re.compile(r"(/\.well-known/notifications/ws/)[^/?]+")
+
+
+def _loggable_path(raw_path: str) -> str:
+    """The path as sent (percent-encoded, no query string), with channel tokens redacted."""
+    return _CHANNEL_TOKEN.sub(r"\1[redacted]", raw_path)
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s [%(request_id)s]: %(message)s"
 
 

@@ -28,6 +28,7 @@ from ldp.accessor import Write
 from ldp.errors import BadRequest, PodError, Unauthorized, UnsupportedMediaType
 from ldp.identifiers import PodLocator
 from ldp.rdf import normalize_media_type
+from ldp.store import ChangeHook
 from ldp.vocab import PIM
 from pod.events import (
     NO_BODY,
@@ -82,6 +83,7 @@ class Publisher:
         self.wac = wac
         self.remote_check = remote_check
         self.pod_exists = pod_exists
+        self.on_change: ChangeHook | None = None  # told of each stored event
 
     async def _allowed(self, pod: str, publisher: str, webid: str, topic: Topic) -> bool | None:
         local = self.locator.target_of_url(webid)
@@ -114,6 +116,9 @@ class Publisher:
             deliveries += [NewDelivery(url, pod, "inbox", webid, payload) for webid in event.targets]
             urls.append(url)
         await self.queue.commit(pod, writes, deliveries)
+        if self.on_change is not None:
+            for write in writes:
+                self.on_change(pod, write.path, "Create", None)
         return urls
 
 

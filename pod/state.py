@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from aiohttp import web
 
 from acl.apikeys import ApiKeys
@@ -19,6 +21,9 @@ from pod.outbound import OutboundClient
 from pod.publish import Publisher
 from pod.queue import DeliveryQueue
 
+if TYPE_CHECKING:  # pod.notifications uses pod.auth, which reads these keys
+    from pod.notifications import Notifications
+
 CONFIG = web.AppKey("config", Config)
 LOCATOR = web.AppKey("locator", PodLocator)
 STORE = web.AppKey("store", ResourceStore)
@@ -31,6 +36,7 @@ QUEUE = web.AppKey("queue", DeliveryQueue)
 WORKER = web.AppKey("worker", DeliveryWorker)
 PUBLISHER = web.AppKey("publisher", Publisher)
 INBOX_RECEIVER = web.AppKey("inbox", Inbox)
+NOTIFICATIONS: web.AppKey[Notifications] = web.AppKey("notifications")
 
 # Per-request state, set before the handler runs.
 CREDENTIALS = web.RequestKey("credentials", Credentials)

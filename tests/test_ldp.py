@@ -232,7 +232,12 @@ CASES = [
         200,
         graph=f"""<> a <http://www.w3.org/ns/solid/terms#StorageDescription> .
            <{POD}> a <http://www.w3.org/ns/pim/space#Storage>;
-             <http://www.w3.org/ns/solid/terms#owner> <{POD}profile/card#me> .""",
+             <http://www.w3.org/ns/solid/terms#owner> <{POD}profile/card#me> .
+           @prefix notify: <http://www.w3.org/ns/solid/notifications#> .
+           <> notify:subscription <{POD}.well-known/notifications/WebSocketChannel2023> .
+           <{POD}.well-known/notifications/WebSocketChannel2023>
+             notify:channelType notify:WebSocketChannel2023;
+             notify:feature notify:endAt, notify:state .""",
     ),
     Case(
         "profile advertises inbox",

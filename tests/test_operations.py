@@ -426,3 +426,12 @@ def test_operations_options_from_flags_environment_and_file(tmp_path: Path) -> N
     for bad in ({"log_format": "xml"}, {"workers": "0"}, {"workers": "-1"}, {"shutdown_timeout": "-1"}):
         with pytest.raises(ConfigError):
             load_config(bad, environ={})
+
+
+def test_channel_tokens_are_redacted_from_access_paths() -> None:
+    from pod.observability import _loggable_path
+
+    token = "Zq3-secret_TOKEN"
+    logged = _loggable_path(f"/alice/.well-known/notifications/ws/{token}")
+    assert token not in logged and logged.endswith("/ws/[redacted]")
+    assert _loggable_path("/alice/notes/a%20b") == "/alice/notes/a%20b"
