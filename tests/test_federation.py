@@ -26,7 +26,7 @@ TOPIC = "realestate/contact#add"
 DATA = {"type": "AddAction", "object": {"type": "Contact", "name": "Bruce Wayne"}}
 APP = "https://crm.example/app#id"
 FAST = {"POD_DELIVERY_MAX_BACKOFF": "1", "POD_DELIVERY_LEASE": "3"}
-WAIT = 20.0  # upper bound for anything asynchronous; tests normally finish far sooner
+WAIT = 45.0  # upper bound for anything asynchronous (CI may be loaded); tests normally finish far sooner
 
 
 # -- helpers ------------------------------------------------------------------------------------------
