@@ -8,6 +8,7 @@ than a fork.
 
 from __future__ import annotations
 
+import asyncio
 import os
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
@@ -59,6 +60,24 @@ def check_expect(current: str | None, expect: str | None, path: str) -> None:
 def twin_of(path: str) -> str:
     """The other resource of the same name: ``/a`` for ``/a/`` and back; both cannot exist."""
     return path[:-1] if is_container(path) else path + "/"
+
+
+class _Children(Protocol):
+    async def children(self, pod: str, container: str, after: str = "", limit: int = 1000) -> list[str]: ...
+
+
+async def iterate_children(source: _Children, pod: str, container: str, page: int) -> AsyncIterator[str]:
+    """Every child path of ``container`` in order, read ``page`` at a time so that a container of a
+    million members is never held in memory; other requests run between pages."""
+    after = ""
+    while True:
+        batch = await source.children(pod, container, after, page)
+        for path in batch:
+            yield path
+        if len(batch) < page:
+            return
+        after = batch[-1]
+        await asyncio.sleep(0)
 
 
 # -- schema migrations -----------------------------------------------------------------------------

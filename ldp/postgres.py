@@ -49,6 +49,7 @@ from ldp.accessor import (
     VersionMismatch,
     Write,
     check_expect,
+    iterate_children,
     new_version,
     pending,
     twin_of,
@@ -518,15 +519,8 @@ class PostgresAccessor:
         )
         return [str(r[0]) for r in rows]
 
-    async def iter_children(self, pod: str, container: str, page: int = 1000) -> AsyncIterator[str]:
-        after = ""
-        while True:
-            batch = await self.children(pod, container, after, page)
-            for path in batch:
-                yield path
-            if len(batch) < page:
-                return
-            after = batch[-1]
+    def iter_children(self, pod: str, container: str, page: int = 1000) -> AsyncIterator[str]:
+        return iterate_children(self, pod, container, page)
 
     async def get_acl(self, pod: str, path: str) -> tuple[bytes, str] | None:
         record = await self.get(pod, path)

@@ -27,7 +27,16 @@ from pathlib import Path
 from typing import Any
 
 from acl.apikeys import ApiKey
-from ldp.accessor import Migration, Record, Write, check_expect, new_version, pending, twin_of
+from ldp.accessor import (
+    Migration,
+    Record,
+    Write,
+    check_expect,
+    iterate_children,
+    new_version,
+    pending,
+    twin_of,
+)
 from ldp.errors import Conflict, NotFound
 from ldp.identifiers import ancestors, is_acl, is_container, parent_of
 
@@ -363,16 +372,8 @@ class SqliteAccessor:
         )
         return [r[0] for r in rows]
 
-    async def iter_children(self, pod: str, container: str, page: int = 1000) -> AsyncIterator[str]:
-        after = ""
-        while True:
-            batch = await self.children(pod, container, after, page)
-            for path in batch:
-                yield path
-            if len(batch) < page:
-                return
-            after = batch[-1]
-            await asyncio.sleep(0)  # let other requests run between pages of a large listing
+    def iter_children(self, pod: str, container: str, page: int = 1000) -> AsyncIterator[str]:
+        return iterate_children(self, pod, container, page)
 
     async def ping(self) -> None:
         self._read().execute("SELECT 1").fetchone()
