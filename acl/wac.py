@@ -18,6 +18,7 @@ from rdflib import Graph, URIRef
 from rdflib.namespace import FOAF, RDF
 
 from acl.modes import Mode, Requirement
+from ldp.accessor import Record
 from ldp.identifiers import PodLocator, acl_path, ancestors, is_acl, subject_of_acl
 from ldp.rdf import parse_rdf
 from ldp.vocab import ACL
@@ -96,9 +97,7 @@ class AclSource(Protocol):
 
     async def acl_epoch(self) -> int: ...
 
-    async def get_acl(self, pod: str, path: str) -> tuple[bytes, str] | None:
-        """Body and media type of the ACL resource at ``path``, or None."""
-        ...
+    async def get(self, pod: str, path: str) -> Record | None: ...
 
 
 GroupMembers = Callable[[str], Awaitable[frozenset[str]]]
@@ -137,11 +136,11 @@ class Wac:
         key = (pod, path)
         if key in self._cache.acls:
             return self._cache.acls[key]
-        found = await self.source.get_acl(pod, path)
+        found = await self.source.get(pod, path)
         parsed = None
         if found is not None:
-            body, media = found
-            parsed = parse_acl(parse_rdf(body, media, self.locator.url(pod, path)), path)
+            graph = parse_rdf(found.body, found.content_type, self.locator.url(pod, path))
+            parsed = parse_acl(graph, path)
         self._cache.acls[key] = parsed
         return parsed
 

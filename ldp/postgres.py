@@ -522,10 +522,6 @@ class PostgresAccessor:
     def iter_children(self, pod: str, container: str, page: int = 1000) -> AsyncIterator[str]:
         return iterate_children(self, pod, container, page)
 
-    async def get_acl(self, pod: str, path: str) -> tuple[bytes, str] | None:
-        record = await self.get(pod, path)
-        return None if record is None else (record.body, record.content_type)
-
     async def arrivals(
         self, pod: str, container: str, after: int, since: float, limit: int
     ) -> list[tuple[int, Record, float]]:

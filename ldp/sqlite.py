@@ -382,10 +382,6 @@ class SqliteAccessor:
         row = self._read().execute("SELECT value FROM meta WHERE key='acl_epoch'").fetchone()
         return 0 if row is None else int(row[0])
 
-    async def get_acl(self, pod: str, path: str) -> tuple[bytes, str] | None:
-        record = await self.get(pod, path)
-        return None if record is None else (record.body, record.content_type)
-
     async def arrivals(
         self, pod: str, container: str, after: int, since: float, limit: int
     ) -> list[tuple[int, Record, float]]:
