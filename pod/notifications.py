@@ -474,10 +474,18 @@ class Notifications:
                 return
 
     def _on_change(self, change: Change) -> None:
-        url = self.locator.url(change.pod, change.path)
-        self._deliver(change.pod, change.path, _message(change.kind, url, state=change.state))
+        # Every write passes here: build messages only for resources someone watches.
+        watched = (change.pod, change.path) in self._by_topic
         parent = parent_of(change.path)
-        if parent is not None and change.kind in (CREATE, DELETE):
+        parent_watched = (
+            parent is not None and change.kind in (CREATE, DELETE) and (change.pod, parent) in self._by_topic
+        )
+        if not (watched or parent_watched):
+            return
+        url = self.locator.url(change.pod, change.path)
+        if watched:
+            self._deliver(change.pod, change.path, _message(change.kind, url, state=change.state))
+        if parent_watched and parent is not None:
             kind = ADD if change.kind == CREATE else REMOVE
             self._deliver(change.pod, parent, _message(kind, url, self.locator.url(change.pod, parent)))
 
