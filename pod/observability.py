@@ -377,6 +377,8 @@ _CHANNEL_TOKEN = re.compile(r"(/\.well-known/notifications/ws/)[^/?]+")
 def _loggable_path(raw_path: str) -> str:
     """The path as sent (percent-encoded, no query string), with channel tokens redacted."""
     return _CHANNEL_TOKEN.sub(r"\1[redacted]", raw_path)
+
+
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s [%(request_id)s]: %(message)s"
 
 
