@@ -161,7 +161,6 @@ class StorageAccessor(Protocol):
         """A number that changes whenever any ACL resource is written or deleted."""
         ...
 
-
     async def arrivals(
         self, pod: str, container: str, after: int, since: float, limit: int
     ) -> list[tuple[int, Record, float]]:

@@ -24,7 +24,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from acl.apikeys import ApiKey
 from ldp.accessor import (
@@ -39,6 +39,7 @@ from ldp.accessor import (
 )
 from ldp.errors import Conflict, NotFound
 from ldp.identifiers import ancestors, is_acl, is_container, parent_of
+from ldp.readcache import MISS, ReadCache
 
 # The schema, as numbered steps (``ldp.accessor.Migration``). Step 1 is written with IF NOT EXISTS:
 # databases made before steps were numbered (they recorded ``schema_version`` 1 in ``meta``) already
@@ -246,6 +247,7 @@ class SqliteAccessor:
         self._queue: asyncio.Queue[tuple[Job, asyncio.Future[Any]]] | None = None
         self._task: asyncio.Task[None] | None = None
         self.applied: list[Migration] = []  # the schema steps this open applied
+        self.cache = ReadCache(self._data_version)
 
     # -- lifecycle -------------------------------------------------------------------------------
     async def open(self) -> None:
@@ -348,7 +350,15 @@ class SqliteAccessor:
         assert self._reader is not None, "accessor is not open"
         return self._reader
 
+    def _data_version(self) -> int:
+        # Changes whenever another connection (the writer thread, another process) commits.
+        return int(self._read().execute("PRAGMA data_version").fetchone()[0])
+
     async def get(self, pod: str, path: str) -> Record | None:
+        key = ("get", pod, path)
+        cached = self.cache.get(key)
+        if cached is not MISS:
+            return cast(Record | None, cached)
         row = (
             self._read()
             .execute(
@@ -357,11 +367,15 @@ class SqliteAccessor:
             )
             .fetchone()
         )
-        if row is None:
-            return None
-        return Record(path, row[0], bytes(row[1]), row[2], row[3])
+        record = None if row is None else Record(path, row[0], bytes(row[1]), row[2], row[3])
+        self.cache.put(key, record, 0 if record is None else len(record.body))
+        return record
 
     async def children(self, pod: str, container: str, after: str = "", limit: int = 1000) -> list[str]:
+        key = ("children", pod, container, after, limit)
+        cached = self.cache.get(key)
+        if cached is not MISS:
+            return list(cached)
         rows = (
             self._read()
             .execute(
@@ -370,7 +384,9 @@ class SqliteAccessor:
             )
             .fetchall()
         )
-        return [r[0] for r in rows]
+        paths = [r[0] for r in rows]
+        self.cache.put(key, tuple(paths), sum(len(p) + 56 for p in paths))
+        return paths
 
     def iter_children(self, pod: str, container: str, page: int = 1000) -> AsyncIterator[str]:
         return iterate_children(self, pod, container, page)
@@ -379,8 +395,13 @@ class SqliteAccessor:
         self._read().execute("SELECT 1").fetchone()
 
     async def acl_epoch(self) -> int:
+        cached = self.cache.get("acl_epoch")
+        if cached is not MISS:
+            return cast(int, cached)
         row = self._read().execute("SELECT value FROM meta WHERE key='acl_epoch'").fetchone()
-        return 0 if row is None else int(row[0])
+        epoch = 0 if row is None else int(row[0])
+        self.cache.put("acl_epoch", epoch)
+        return epoch
 
     async def arrivals(
         self, pod: str, container: str, after: int, since: float, limit: int
@@ -388,6 +409,10 @@ class SqliteAccessor:
         """Members of ``container`` in arrival order: (sequence, record, created), with sequence >
         ``after`` and created >= ``since``. Sequence numbers are never reused, so paging by them is
         stable while new members arrive."""
+        key = ("arrivals", pod, container, after, since, limit)
+        cached = self.cache.get(key)
+        if cached is not MISS:
+            return list(cached)
         rows = (
             self._read()
             .execute(
@@ -397,13 +422,21 @@ class SqliteAccessor:
             )
             .fetchall()
         )
-        return [(r[0], Record(r[1], r[2], bytes(r[3]), r[4], r[5]), r[6]) for r in rows]
+        found = [(r[0], Record(r[1], r[2], bytes(r[3]), r[4], r[5]), r[6]) for r in rows]
+        self.cache.put(key, tuple(found), sum(len(r.body) + 200 for _, r, _ in found))
+        return found
 
     async def pods(self) -> list[str]:
         return [r[0] for r in self._read().execute("SELECT name FROM pods ORDER BY name").fetchall()]
 
     async def pod_exists(self, pod: str) -> bool:
-        return self._read().execute("SELECT 1 FROM pods WHERE name=?", (pod,)).fetchone() is not None
+        key = ("pod_exists", pod)
+        cached = self.cache.get(key)
+        if cached is not MISS:
+            return cast(bool, cached)
+        exists = self._read().execute("SELECT 1 FROM pods WHERE name=?", (pod,)).fetchone() is not None
+        self.cache.put(key, exists)
+        return exists
 
     # -- API keys and pod keys ---------------------------------------------------------------------
     async def insert_key(self, key: ApiKey, secret_hash: str) -> None:
@@ -416,6 +449,11 @@ class SqliteAccessor:
         )
 
     async def key_record(self, key_id: str) -> tuple[ApiKey, str] | None:
+        # Cached like every read here: a revocation is a commit, which empties the cache.
+        key = ("key_record", key_id)
+        cached = self.cache.get(key)
+        if cached is not MISS:
+            return cast(tuple[ApiKey, str] | None, cached)
         row = (
             self._read()
             .execute(
@@ -424,7 +462,11 @@ class SqliteAccessor:
             )
             .fetchone()
         )
-        return None if row is None else (ApiKey(row[0], row[1], row[2], row[3], bool(row[4]), row[5]), row[6])
+        found = (
+            None if row is None else (ApiKey(row[0], row[1], row[2], row[3], bool(row[4]), row[5]), row[6])
+        )
+        self.cache.put(key, found, 256)
+        return found
 
     async def list_keys(self, pod: str) -> list[ApiKey]:
         rows = (

@@ -232,3 +232,34 @@ def test_a_port_in_use_is_reported_once_before_any_worker_starts(tmp_path: Path)
     assert done.returncode == 1
     assert done.stderr.strip() == "pod: error: [Errno 98] Address already in use"
     assert "listening" not in done.stdout
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="SO_REUSEPORT balancing is Linux's")
+def test_reads_cached_by_one_worker_follow_writes_through_the_other(procs: Procs) -> None:
+    """Each process keeps repeated reads in memory (ldp.readcache); a write or an ACL change
+    answered by either process must show in the very next read, whichever process answers it."""
+    server = procs.server("c", demo_pod="alice", unsafe_webid_header=True, env={"POD_WORKERS": "2"})
+    owner = {"Authorization": f"WebID {server.webid('alice')}"}
+    url, acl = server.url("alice", "cached.ttl"), server.url("alice", "cached.ttl.acl")
+    public = (
+        "@prefix acl: <http://www.w3.org/ns/auth/acl#> .\n@prefix foaf: <http://xmlns.com/foaf/0.1/> .\n"
+        f"<#o> a acl:Authorization; acl:agent <{server.webid('alice')}>; acl:accessTo <./cached.ttl>;"
+        " acl:mode acl:Read, acl:Write, acl:Control .\n"
+    )
+    everyone = "<#p> a acl:Authorization; acl:agentClass foaf:Agent; acl:accessTo <./cached.ttl>;"
+    everyone += " acl:mode acl:Read .\n"
+    writing = {**owner, "Content-Type": "text/turtle"}
+    for version in range(3):
+        body = f"<#n> <#version> {version} .".encode()
+        assert request("PUT", url, headers=writing, body=body).status in (201, 205, 204)
+        assert request("PUT", acl, headers=writing, body=(public + everyone).encode()).status in (
+            201,
+            204,
+            205,
+        )
+        for _ in range(16):  # new connections: the kernel spreads them over both processes
+            got = request("GET", url)
+            assert got.status == 200 and got.body == body, (version, got.status, got.body)
+        assert request("PUT", acl, headers=writing, body=public.encode()).status in (201, 204, 205)
+        for _ in range(16):
+            assert request("GET", url).status == 401
