@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Protocol
 
 from rdflib import Graph, URIRef
@@ -111,16 +112,28 @@ class Permissions:
     public: frozenset[Mode]
 
     def header(self) -> str:
-        def fmt(modes: frozenset[Mode]) -> str:
-            return " ".join(m.value for m in Mode if m in modes)
+        return _wac_allow(self.user, self.public)
 
-        return f'user="{fmt(self.user)}",public="{fmt(self.public)}"'
+
+@lru_cache(maxsize=256)  # a handful of distinct mode pairs exist
+def _wac_allow(user: frozenset[Mode], public: frozenset[Mode]) -> str:
+    def fmt(modes: frozenset[Mode]) -> str:
+        return " ".join(m.value for m in Mode if m in modes)
+
+    return f'user="{fmt(user)}",public="{fmt(public)}"'
+
+
+_MODES_LIMIT = 65536
 
 
 @dataclass
 class _Cache:
+    """What was worked out under one ACL epoch: parsed ACL documents and, for decisions that
+    depended on nothing else (no group lists, which change on their own), the modes themselves."""
+
     epoch: int = -1
     acls: dict[tuple[str, str], ParsedAcl | None] = field(default_factory=dict)
+    modes: dict[tuple[str, str, str | None, str | None], frozenset[Mode]] = field(default_factory=dict)
 
 
 class Wac:
@@ -163,12 +176,29 @@ class Wac:
 
     async def modes(self, pod: str, path: str, webid: str | None, origin: str | None) -> frozenset[Mode]:
         """Modes ``webid`` (None: unauthenticated) holds on ``path``, for a request from ``origin``."""
+        cache = self._cache
+        key = (pod, path, webid, origin)
+        found = cache.modes.get(key)
+        if found is None:
+            found, pure = await self._modes(pod, path, webid, origin)
+            if pure and cache is self._cache:
+                if len(cache.modes) >= _MODES_LIMIT:
+                    cache.modes.clear()
+                cache.modes[key] = found
+        return found
+
+    async def _modes(
+        self, pod: str, path: str, webid: str | None, origin: str | None
+    ) -> tuple[frozenset[Mode], bool]:
+        """The modes, and whether they follow from the ACL documents alone (no group list was read),
+        so that they hold until the ACL epoch changes."""
         if is_acl(path):
             # WAC §4.3: reading or writing an ACL resource needs Control on the resource it governs.
-            subject = await self.modes(pod, subject_of_acl(path), webid, origin)
-            return ALL_MODES if Mode.CONTROL in subject else frozenset()
+            subject, pure = await self._modes(pod, subject_of_acl(path), webid, origin)
+            return (ALL_MODES if Mode.CONTROL in subject else frozenset()), pure
         acl, url, inherited = await self.effective(pod, path)
         granted: set[Mode] = set()
+        pure = True
         if acl is not None:
             for auth in acl.candidates(webid):
                 if not (url in auth.defaults if inherited else url in auth.access_to):
@@ -182,23 +212,29 @@ class Wac:
                 # every grant would lock every browser app out of pods with the default ACLs.
                 if auth.origins and origin is not None and origin.rstrip("/") not in auth.origins:
                     continue
-                if await self._matches(auth, webid):
+                if self._matches_directly(auth, webid):
                     granted |= auth.modes
+                elif auth.groups and webid is not None and self.groups is not None:
+                    pure = False  # group lists change without any ACL write
+                    if await self._in_group(auth, webid):
+                        granted |= auth.modes
         if webid is not None and webid == self.locator.webid(pod):
             granted.add(Mode.CONTROL)  # the owner can always repair their ACLs
-        return frozenset(granted)
+        return frozenset(granted), pure
 
-    async def _matches(self, auth: Authorization, webid: str | None) -> bool:
+    @staticmethod
+    def _matches_directly(auth: Authorization, webid: str | None) -> bool:
         if PUBLIC in auth.agent_classes:
             return True
         if webid is None:
             return False
-        if webid in auth.agents or AUTHENTICATED in auth.agent_classes:
-            return True
-        if auth.groups and self.groups is not None:
-            for group in auth.groups:
-                if webid in await self.groups(group):
-                    return True
+        return webid in auth.agents or AUTHENTICATED in auth.agent_classes
+
+    async def _in_group(self, auth: Authorization, webid: str) -> bool:
+        assert self.groups is not None
+        for group in auth.groups:
+            if webid in await self.groups(group):
+                return True
         return False
 
     async def permissions(self, pod: str, path: str, webid: str | None, origin: str | None) -> Permissions:

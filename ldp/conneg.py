@@ -14,6 +14,7 @@ matches it, and a q-value of 0 means "not acceptable".
 
 from __future__ import annotations
 
+from functools import lru_cache
 from typing import NamedTuple
 
 from ldp.errors import NotAcceptable
@@ -105,6 +106,7 @@ def _match(ranges: list[_Range], media_type: str) -> tuple[float, int] | None:
     return best
 
 
+@lru_cache(maxsize=512)  # clients send few distinct Accept headers; this runs on every read
 def choose_rdf_type(accept: str | None, stored_type: str | None = None) -> str:
     """Pick the RDF media type to serve for an ``Accept`` header.
 
@@ -146,6 +148,7 @@ def _not_acceptable(accept: str | None) -> NotAcceptable:
     )
 
 
+@lru_cache(maxsize=512)
 def accepts(accept: str | None, media_type: str) -> bool:
     """Whether a representation of ``media_type`` (e.g. a stored ``image/png``) is acceptable.
 

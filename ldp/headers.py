@@ -9,6 +9,7 @@ create the resource (§5.2: "... responding to requests to non-existing resource
 from __future__ import annotations
 
 from email.utils import formatdate
+from functools import lru_cache
 
 from ldp.identifiers import PodLocator, acl_path, is_container
 from ldp.vocab import LDP, PIM
@@ -38,7 +39,14 @@ def allow(path: str, exists: bool) -> str:
 
 
 def resource_headers(locator: PodLocator, pod: str, path: str, exists: bool) -> dict[str, str]:
-    """Allow, Accept-* and Link headers for a resource (existing or not)."""
+    """Allow, Accept-* and Link headers for a resource (existing or not): a fresh dict the caller
+    may add to. They depend on nothing but the resource's address, and every response carries
+    them, so they are built once per resource."""
+    return dict(_resource_headers(locator, pod, path, exists))
+
+
+@lru_cache(maxsize=4096)
+def _resource_headers(locator: PodLocator, pod: str, path: str, exists: bool) -> dict[str, str]:
     links = [f'<{LDP.Resource}>; rel="type"']
     if exists and is_container(path):
         links.append(f'<{LDP.Container}>; rel="type"')
@@ -63,5 +71,6 @@ def resource_headers(locator: PodLocator, pod: str, path: str, exists: bool) -> 
     return headers
 
 
+@lru_cache(maxsize=4096)
 def http_date(ts: float) -> str:
     return formatdate(ts, usegmt=True)

@@ -26,6 +26,7 @@ _SAFE = "/:@!$&'()*+,;=-._~"
 # but differ, or that render misleadingly.
 _REFUSED_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Co", "Cn"})
 ACL_SUFFIX = ".acl"
+_MEMO_LIMIT = 8192
 
 
 def is_container(path: str) -> bool:
@@ -140,6 +141,10 @@ class PodLocator:
         self.scheme = parts.scheme
         self.netloc = parts.netloc.lower()
         self.base_path = parts.path
+        # url() and locate() run several times per request on the same few addresses; both are
+        # pure, so their answers are kept (bounded: emptied when full).
+        self._urls: dict[tuple[str, str], str] = {}
+        self._targets: dict[tuple[str | None, str], Target] = {}
 
     def pod_root(self, pod: str) -> str:
         if self.mode == "subdomain":
@@ -147,7 +152,13 @@ class PodLocator:
         return f"{self.base_url}{pod}/"
 
     def url(self, pod: str, path: str) -> str:
-        return self.pod_root(pod) + encode_path(path[1:])
+        key = (pod, path)
+        found = self._urls.get(key)
+        if found is None:
+            if len(self._urls) >= _MEMO_LIMIT:
+                self._urls.clear()
+            found = self._urls[key] = self.pod_root(pod) + encode_path(path[1:])
+        return found
 
     def request_url(self, pod: str, raw_path: str) -> str:
         """The absolute URL of a request as sent (raw path and query), on the origin configuration
@@ -161,6 +172,15 @@ class PodLocator:
 
     def locate(self, host: str | None, raw_path: str) -> Target:
         """Find the pod and resource path a request addresses; NotFound outside any pod."""
+        key = (host if self.mode == "subdomain" else None, raw_path)
+        found = self._targets.get(key)
+        if found is None:
+            if len(self._targets) >= _MEMO_LIMIT:
+                self._targets.clear()
+            found = self._targets[key] = self._locate(host, raw_path)
+        return found
+
+    def _locate(self, host: str | None, raw_path: str) -> Target:
         path = decode_path(raw_path)
         if self.mode == "subdomain":
             host_name = (host or "").lower()
