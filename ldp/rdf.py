@@ -176,6 +176,13 @@ def validate_rdf(body: bytes, media_type: str, base: str) -> None:
     rdflib terms. Oxigraph refuses everything :func:`term_problem` checks for (bad IRI characters,
     surrogate escapes, literal subjects) on its own; only RDF 1.2 triple terms need a look.
     """
+    if media_type == "application/ld+json":
+        for triple in _jsonld_triples(_decode(body, media_type), base):
+            for position, term in zip(_POSITIONS, triple, strict=True):
+                problem = term_problem(term, position)
+                if problem is not None:
+                    raise _invalid(media_type, problem)
+        return
     if media_type not in _OXIGRAPH_FORMATS:
         parse_rdf(body, media_type, base)
         return
@@ -230,6 +237,14 @@ def _ox_term(term: object, bnodes: dict[str, BNode]) -> Node:
 
 
 def _parse_jsonld(text: str, base: str) -> rdflib.Graph:
+    graph = new_graph()
+    graph += _jsonld_triples(text, base)
+    return graph
+
+
+def _jsonld_triples(text: str, base: str) -> list[tuple[Node, Node, Node]]:
+    """The triples of a JSON-LD document, as rdflib terms but not yet in a graph: validation only
+    needs to look at them, and building the graph cost as much as the JSON-LD processing."""
     try:
         doc = json.loads(text)
     except json.JSONDecodeError as exc:
@@ -240,10 +255,9 @@ def _parse_jsonld(text: str, base: str) -> rdflib.Graph:
     for name, triples in dataset.items():
         if name != "@default" and triples:
             raise _invalid("application/ld+json", f"named graphs are not supported (found graph {name})")
-    graph = new_graph()
     bnodes: dict[str, BNode] = {}
     try:
-        graph += [
+        return [
             (
                 _jsonld_term(t["subject"], bnodes),
                 _jsonld_term(t["predicate"], bnodes),
@@ -253,7 +267,6 @@ def _parse_jsonld(text: str, base: str) -> rdflib.Graph:
         ]
     except ValueError as exc:  # rdflib refuses some terms pyld lets through, e.g. malformed language tags
         raise _invalid("application/ld+json", str(exc)) from None
-    return graph
 
 
 def _jsonld_term(term: dict[str, Any], bnodes: dict[str, BNode]) -> Node:

@@ -446,3 +446,67 @@ def test_validate_accepts_what_parse_accepts() -> None:
     body = b'@prefix ex: <http://ex/> . <#a> ex:p "x"@en, 3, [ ex:q <b> ] .'
     validate_rdf(body, "text/turtle", BASE)
     assert len(parse_rdf(body, "text/turtle", BASE)) == 4
+
+
+# validate_rdf checks JSON-LD without building a graph; it must refuse exactly what parse_rdf
+# refuses, with the same message.
+_JSONLD_CORPUS: list[object] = [
+    {"@id": "http://a", "http://p": {"@id": "not an iri with spaces"}},
+    {"@id": "not an iri with spaces", "http://p": "x"},
+    {"@id": "http://a", "http://p": {"@value": "x", "@foo": 1}},
+    {"@id": "http://a", "http://p": {"@value": "x", "@language": "en-GB"}},
+    {"@id": "http://a", "http://p": {"@value": "x", "@language": "not a tag!"}},
+    {"@id": "http://a", "http://p": {"@value": "x", "@type": "http://www.w3.org/2001/XMLSchema#int"}},
+    {"@id": "http://a", "http://p": [1, 2.5, True, None, "s", 1e21, 1.0]},
+    {"@id": "http://a", "http://p": {"@list": [1, 2]}},
+    {"@context": {"@base": "http://other/"}, "@id": "rel", "http://p": {"@id": "../x"}},
+    {"@id": "rel#me", "http://p": {"@id": "#x"}},
+    {"@context": {"p": {"@id": "http://p", "@type": "@id"}}, "@id": "http://a", "p": "rel"},
+    {
+        "@context": {"p": {"@id": "http://p", "@type": "@vocab"}, "@vocab": "http://v/"},
+        "@id": "http://a",
+        "p": "t",
+    },
+    {
+        "@context": {"p": {"@id": "http://p", "@reverse": "http://q"}},
+        "@id": "http://a",
+        "p": {"@id": "http://b"},
+    },
+    {"@id": "http://a", "@type": ["http://T", "rel"]},
+    {"@id": "http://a", "http://p": {"@value": {"a": 1}, "@type": "@json"}},
+    {
+        "@context": {"@version": 1.1, "p": {"@id": "http://p", "@container": "@index"}},
+        "@id": "http://a",
+        "p": {"k": "v"},
+    },
+    {
+        "@context": {"@version": 1.1, "n": "@nest", "p": {"@id": "http://p", "@nest": "n"}},
+        "@id": "http://a",
+        "n": {"p": "v"},
+    },
+    {"@id": "_:b1", "http://p": {"@id": "_:b1"}},
+    {"@id": "http://a", "http://p": "\ud800"},
+    {"@id": "http://a b", "http://p": "x"},
+    {"@id": "http://a", "http://p": {"@id": "http://b<c>"}},
+    {"@id": "http://g", "@graph": [{"@id": "http://s", "http://p": "o"}]},
+    {"@context": "https://www.w3.org/ns/activitystreams", "type": "Announce", "id": "http://a"},
+    {"@context": "http://example.org/not-bundled", "@id": "http://a"},
+    [{"@id": "http://a", "http://p": "1"}, {"@id": "http://b", "http://p": "2"}],
+    "just a string",
+]
+
+
+@pytest.mark.parametrize("doc", _JSONLD_CORPUS, ids=lambda d: json.dumps(d)[:60])
+def test_jsonld_validation_agrees_with_parsing(doc: object) -> None:
+    body = json.dumps(doc).encode()
+    try:
+        parse_rdf(body, "application/ld+json", BASE)
+        expected = None
+    except BadRequest as exc:
+        expected = exc.message
+    try:
+        validate_rdf(body, "application/ld+json", BASE)
+        got = None
+    except BadRequest as exc:
+        got = exc.message
+    assert got == expected
