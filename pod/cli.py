@@ -304,6 +304,7 @@ def serve(config: Config, child: Child | None = None) -> int:
     # Access records come from pod.observability (--access-log), not from aiohttp's access logger.
     web.run_app(
         app,
+        loop=_event_loop(),
         host=config.host,
         port=config.port,
         access_log=None,
@@ -312,6 +313,16 @@ def serve(config: Config, child: Child | None = None) -> int:
         reuse_port=True if child is not None else None,
     )
     return 0
+
+
+def _event_loop() -> asyncio.AbstractEventLoop:
+    """uvloop where it is installed (every platform but Windows): the same server answers about a
+    third more small requests per second on it, the loop's own work being most of a small GET."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.new_event_loop()
+    return uvloop.new_event_loop()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
