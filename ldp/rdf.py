@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import re
+from functools import lru_cache
 from typing import Any
 
 import pyoxigraph as ox
@@ -90,6 +91,7 @@ def new_graph() -> rdflib.Graph:
     return rdflib.Graph(bind_namespaces="none")
 
 
+@lru_cache(maxsize=512)  # a few distinct values, asked for on every request and every inbox item
 def normalize_media_type(content_type: str | None) -> str | None:
     """Return the lower-cased ``type/subtype`` of a Content-Type value, without parameters.
 
