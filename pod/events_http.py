@@ -75,8 +75,13 @@ async def handle_publish(request: web.Request, target: Target) -> web.StreamResp
     key = await app[API_KEYS].verify(require_api_key(request.headers), target.pod)
     raw = await request.read()
     events = parse_body(request.headers.get(hdrs.CONTENT_TYPE), raw)
-    urls = await app[PUBLISHER].publish(target.pod, key.agent, events)
-    app[WORKER].notify()
+    # Pods on this server receive their copies in the publish's own transaction, through their inbox.
+    published = await app[PUBLISHER].publish(target.pod, key.agent, events, app[INBOX_RECEIVER])
+    worker = app[WORKER]
+    worker.stats.delivered += published.delivered
+    if published.queued:
+        worker.notify()
+    urls = published.urls
     batch = raw.lstrip()[:1] == b"["  # a batch is answered with an array, in request order
     body: Any = [{"id": url} for url in urls] if batch else {"id": urls[0]}
     return web.json_response(body, status=201, headers={"Location": urls[0]})

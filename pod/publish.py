@@ -7,6 +7,9 @@ or sent: 403 ``Not authorized to publish to <recipient> on topic <topic>``. For 
 the decision is exact; another server is asked with a signed ``HEAD`` of its topic container,
 within a short bound — when it cannot answer in time, the event is accepted and its delivery
 queued, and that server's inbox decides on arrival.
+
+A recipient pod on this server receives its copy in the transaction that stores the event (see
+``Publisher.publish``); deliveries to other servers are queued for the delivery worker.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import asyncio
 import json
 import logging
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, replace
 from typing import Any
 
 from rdflib import URIRef
@@ -33,19 +37,21 @@ from ldp.vocab import PIM
 from pod.events import (
     NO_BODY,
     NOT_OBJECT,
+    EventJson,
     EventRequest,
     Topic,
     event_document,
     new_event_name,
     validate_batch,
 )
-from pod.inbox import JSONLD, not_authorized
+from pod.inbox import JSONLD, Inbox, not_authorized
 from pod.outbound import BlockedAddress, OutboundClient, OutboundError, check_url
-from pod.queue import DeliveryQueue, NewDelivery
+from pod.queue import DeliveryQueue, NewDelivery, Receipt
 
 log = logging.getLogger("pod.publish")
 PUBLISH = "/publish/"
 EVENT_TYPES = ("application/json", "application/ld+json")
+_LOCAL_MEMO = 4096  # WebIDs whose pod on this server (or none) is remembered
 
 # Asks another server whether ``publisher`` may publish on ``topic`` to ``webid``:
 # True / False, or None when it cannot tell in time.
@@ -69,6 +75,16 @@ def parse_body(content_type: str | None, body: bytes) -> list[EventRequest]:
     return validate_batch(parsed)
 
 
+@dataclass(frozen=True)
+class Published:
+    """What a publish stored: the events' URLs in request order, how many deliveries were made in
+    its transaction (to pods on this server) and how many it left queued for the worker."""
+
+    urls: list[str]
+    delivered: int
+    queued: int
+
+
 class Publisher:
     def __init__(
         self,
@@ -84,42 +100,113 @@ class Publisher:
         self.remote_check = remote_check
         self.pod_exists = pod_exists
         self.on_change: ChangeHook | None = None  # told of each stored event
+        self._local: dict[str, str | None] = {}
 
-    async def _allowed(self, pod: str, publisher: str, webid: str, topic: Topic) -> bool | None:
+    def _local_pod(self, webid: str) -> str | None:
+        """The name of the pod on this server whose WebID ``webid`` is, if any (whether that pod
+        exists is another question). A pure function of the configured base URL, asked for every
+        target of every event, so answers are kept, a bounded number of them."""
+        if webid in self._local:
+            return self._local[webid]
         local = self.locator.target_of_url(webid)
+        found = None
         if local is not None and local.path == "/profile/card" and webid == self.locator.webid(local.pod):
-            if self.pod_exists is not None and not await self.pod_exists(local.pod):
-                return False
-            return await self.wac.allows(local.pod, [create_in(topic.container)], publisher, None)
-        if self.remote_check is None:
-            return None
-        return await self.remote_check(pod, webid, topic, publisher)
+            found = local.pod
+        if len(self._local) >= _LOCAL_MEMO:
+            self._local.clear()
+        self._local[webid] = found
+        return found
 
-    async def publish(self, pod: str, api_key_agent: str, events: list[EventRequest]) -> list[str]:
-        """Authorize every target of every event, then store all events and their deliveries at once."""
-        publisher = self.locator.webid(pod)
-        await self.wac.refresh()
+    async def _allowed_here(self, pod: str, publisher: str, topic: Topic) -> bool:
+        """The rule of ``pod``'s inbox, a pod on this server: it exists and lets ``publisher``
+        append to the topic's container."""
+        if self.pod_exists is not None and not await self.pod_exists(pod):
+            return False
+        return await self.wac.allows(pod, [create_in(topic.container)], publisher, None)
+
+    async def _authorize(self, pod: str, publisher: str, events: list[EventRequest]) -> None:
+        """Raise 403 naming the first target, in request order, that does not accept ``publisher``.
+
+        Pods here are answered at once from the database and the ACL cache, once per pod and
+        topic; only other servers are asked, all at the same time. None from one of them (no
+        answer in time) lets the event through: that server's inbox decides on arrival.
+        """
         checks = [(event, webid) for event in events for webid in event.targets]
-        results = await asyncio.gather(*(self._allowed(pod, publisher, w, e.topic) for e, w in checks))
-        for (event, webid), allowed in zip(checks, results, strict=True):
+        here: dict[tuple[str, str], bool] = {}
+        remote: dict[tuple[str, Topic], bool | None] = {}
+        for event, webid in checks:
+            local = self._local_pod(webid)
+            if local is None:
+                remote[webid, event.topic] = None
+            elif (local, event.topic.container) not in here:
+                here[local, event.topic.container] = await self._allowed_here(local, publisher, event.topic)
+        if remote and self.remote_check is not None:
+            check = self.remote_check
+            found = await asyncio.gather(*(check(pod, webid, topic, publisher) for webid, topic in remote))
+            remote = dict(zip(remote, found, strict=True))
+        for event, webid in checks:
+            local = self._local_pod(webid)
+            allowed = here[local, event.topic.container] if local is not None else remote[webid, event.topic]
             if allowed is False:
                 raise not_authorized(webid, event.topic)
+
+    async def publish(
+        self, pod: str, api_key_agent: str, events: list[EventRequest], inbox: Inbox | None = None
+    ) -> Published:
+        """Authorize every target of every event, then store all events and their deliveries at once.
+
+        With ``inbox``, a target that is a pod on this server receives its copy in the same
+        transaction, and its delivery is recorded as made: its inbox's rule (the publisher may
+        append to the topic container there) is exactly the check just made, so the worker has
+        nothing left to decide, and the copy is in the inbox when the publish is answered. Other
+        targets are queued for the worker.
+        """
+        publisher = self.locator.webid(pod)
+        await self.wac.refresh()
+        await self._authorize(pod, publisher, events)
         writes: list[Write] = []
         deliveries: list[NewDelivery] = []
+        receipts: list[Receipt] = []
         urls: list[str] = []
+        queued = delivered = 0
         for event in events:
-            path = PUBLISH + new_event_name()
-            url = self.locator.url(pod, path)
-            doc = event_document(url, event, publisher, api_key_agent)
-            writes.append(Write(path, JSONLD, json.dumps(doc).encode()))
-            payload = json.dumps({k: v for k, v in doc.items() if k != "@id"}).encode()
-            deliveries += [NewDelivery(url, pod, "inbox", webid, payload) for webid in event.targets]
+            name = new_event_name()
+            path = PUBLISH + name
+            url = self.locator.url(pod, PUBLISH) + name  # hex: no escaping, as in the container's URL
+            encoded = EventJson.of(event_document(url, event, publisher, api_key_agent))
+            writes.append(Write(path, JSONLD, encoded.document(url)))
+            payload = encoded.document()
+            for webid in event.targets:
+                if inbox is not None and (local := self._local_pod(webid)) is not None:
+                    receipts.append(await inbox.receipt(local, publisher, url, event.topic, encoded))
+                    deliveries.append(NewDelivery(url, pod, "inbox", webid, payload, delivered=True))
+                    delivered += 1
+                else:
+                    deliveries.append(NewDelivery(url, pod, "inbox", webid, payload))
+                    queued += 1
             urls.append(url)
-        await self.queue.commit(pod, writes, deliveries)
+        try:
+            stored = await self.queue.commit(pod, writes, deliveries, receipts)
+        except PodError as exc:
+            if not receipts or exc.status >= 500:
+                raise
+            # A pod here refused its copy (a document, say, where its topic container would be) and
+            # nothing was stored. Queue every delivery instead: the worker then records that
+            # refusal against that recipient's delivery alone, as for a recipient anywhere else.
+            log.info("a local recipient refused an event of %s, queueing its deliveries: %s", pod, exc)
+            deliveries = [replace(d, delivered=False) for d in deliveries]
+            receipts, stored = [], []
+            delivered, queued = 0, len(deliveries)
+            await self.queue.commit(pod, writes, deliveries)
         if self.on_change is not None:
             for write in writes:
                 self.on_change(pod, write.path, "Create", None)
-        return urls
+        if inbox is not None:
+            for receipt, new in zip(receipts, stored, strict=True):
+                if new:
+                    inbox.stored(receipt)
+                    queued += len(receipt.forwards)
+        return Published(urls, delivered, queued)
 
 
 def require_api_key(headers: Any) -> str:

@@ -5,6 +5,11 @@ or a webhook) is a row here, written in the same transaction as the resource tha
 ``/publish/`` or an inbox has answered 2xx, the deliveries are on disk and survive a crash. Workers
 claim due rows with a lease, so a row claimed by a process that dies becomes due again when the
 lease runs out; receivers drop duplicates by event id, so a redelivery stores nothing twice.
+
+A delivery to a pod on this server is made in the transaction that queues it (``commit`` with
+receipts): its row is written already ``delivered``, beside the copy it made, and no worker ever
+claims it. The row stays, so the event's delivery state reads the same and a replay sends it again
+(to be dropped as a duplicate).
 """
 
 from __future__ import annotations
@@ -26,6 +31,21 @@ class NewDelivery:
     payload: bytes
     target: str = ""
     secret: str = ""
+    delivered: bool = False  # made in the transaction that queues it: recorded as one successful attempt
+
+
+@dataclass(frozen=True)
+class Receipt:
+    """A pod's receipt of one event, as ``DeliveryQueue.receive`` records it: the copy and topic
+    link written to the pod (``writes``) and the forwards to its subscribers, unless ``pod`` already
+    has ``event_id`` from ``sender`` (a WebID). ``path`` is the copy's path."""
+
+    pod: str
+    sender: str
+    event_id: str
+    path: str
+    writes: tuple[Write, ...]
+    forwards: tuple[NewDelivery, ...]
 
 
 @dataclass(frozen=True)
@@ -79,20 +99,24 @@ class DeliveryQueue(Protocol):
 
     async def open(self) -> None: ...
 
-    async def commit(self, pod: str, writes: Sequence[Write], deliveries: Sequence[NewDelivery]) -> None:
-        """Store resources and queue their deliveries in one durable transaction."""
-        ...
-
-    async def receive(
+    async def commit(
         self,
         pod: str,
-        sender: str,
-        event_id: str,
-        path: str,
         writes: Sequence[Write],
         deliveries: Sequence[NewDelivery],
-    ) -> str | None:
-        """Record that ``pod`` received ``event_id`` from ``sender`` at ``path``, with the writes and
+        receipts: Sequence[Receipt] = (),
+    ) -> list[bool]:
+        """Store resources and queue their deliveries in one durable transaction.
+
+        ``receipts`` are pods on this server receiving what is published, in the same transaction
+        and by the rules of ``receive`` (a copy the pod already has is not stored again); the
+        deliveries that bring them are passed as ``delivered``. Returns, for each receipt, whether
+        its copy was stored. Either all of it is stored or none.
+        """
+        ...
+
+    async def receive(self, receipt: Receipt) -> str | None:
+        """Record that ``receipt.pod`` received the event at ``receipt.path``, with the writes and
         forwards that go with it — unless it already had: then nothing is written and the path of
         the earlier copy is returned."""
         ...

@@ -17,15 +17,15 @@ import asyncpg
 
 from ldp.accessor import Write
 from ldp.postgres import PostgresAccessor, Tx, write_in
-from pod.queue import Delivery, NewDelivery, Outcome
+from pod.queue import Delivery, NewDelivery, Outcome, Receipt
 
 _COLUMNS = (
     "id, event_id, sender, kind, recipient, target, secret, payload, state, attempts, next_attempt,"
     " last_error, created, finished"
 )
 _INSERT = (
-    "INSERT INTO deliveries(event_id, sender, kind, recipient, target, secret, payload, next_attempt,"
-    " created) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8)"
+    "INSERT INTO deliveries(event_id, sender, kind, recipient, target, secret, payload, state, attempts,"
+    " next_attempt, created, finished) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $10, $11)"
 )
 
 
@@ -49,10 +49,43 @@ def _row(r: asyncpg.Record) -> Delivery:
 
 
 async def insert_deliveries(tx: Tx, deliveries: Sequence[NewDelivery], now: float) -> None:
+    if not deliveries:
+        return
     await tx.conn.executemany(
         _INSERT,
-        [(d.event_id, d.sender, d.kind, d.recipient, d.target, d.secret, d.payload, now) for d in deliveries],
+        [
+            (d.event_id, d.sender, d.kind, d.recipient, d.target, d.secret, d.payload)
+            + (("delivered", 1, now, now) if d.delivered else ("pending", 0, now, None))
+            for d in deliveries
+        ],
     )
+
+
+async def receive_in(tx: Tx, r: Receipt, now: float) -> str | None:
+    """Apply a receipt inside ``tx``: the path of the earlier copy if the pod already has this event
+    from this sender, else None once the copy, its link and its forwards are written."""
+    # Claim the event id first: a copy being stored by another transaction makes this insert wait
+    # for it, and then do nothing if that one committed.
+    claimed = await tx.conn.fetchval(
+        "INSERT INTO received(pod, sender, event_id, path) VALUES ($1, $2, $3, $4)"
+        " ON CONFLICT DO NOTHING RETURNING 1",
+        r.pod,
+        r.sender,
+        r.event_id,
+        r.path,
+    )
+    if not claimed:
+        earlier = await tx.conn.fetchval(
+            "SELECT path FROM received WHERE pod=$1 AND sender=$2 AND event_id=$3",
+            r.pod,
+            r.sender,
+            r.event_id,
+        )
+        return str(earlier)
+    for w in r.writes:
+        await write_in(tx, r.pod, w)
+    await insert_deliveries(tx, r.forwards, now)
+    return None
 
 
 class PostgresQueue:
@@ -65,46 +98,32 @@ class PostgresQueue:
     async def open(self) -> None:
         """Nothing to do: the queue's tables are part of the accessor's schema."""
 
-    async def commit(self, pod: str, writes: Sequence[Write], deliveries: Sequence[NewDelivery]) -> None:
-        async def job(tx: Tx) -> None:
-            for w in writes:
-                await write_in(tx, pod, w)
-            await insert_deliveries(tx, deliveries, time.time())
-
-        await self.accessor.transaction(job)
-
-    async def receive(
+    async def commit(
         self,
         pod: str,
-        sender: str,
-        event_id: str,
-        path: str,
         writes: Sequence[Write],
         deliveries: Sequence[NewDelivery],
-    ) -> str | None:
-        async def job(tx: Tx) -> str | None:
-            # Claim the event id first: a copy being stored by another transaction makes this insert
-            # wait for it, and then do nothing if that one committed.
-            claimed = await tx.conn.fetchval(
-                "INSERT INTO received(pod, sender, event_id, path) VALUES ($1, $2, $3, $4)"
-                " ON CONFLICT DO NOTHING RETURNING 1",
-                pod,
-                sender,
-                event_id,
-                path,
-            )
-            if not claimed:
-                earlier = await tx.conn.fetchval(
-                    "SELECT path FROM received WHERE pod=$1 AND sender=$2 AND event_id=$3",
-                    pod,
-                    sender,
-                    event_id,
-                )
-                return str(earlier)
+        receipts: Sequence[Receipt] = (),
+    ) -> list[bool]:
+        async def job(tx: Tx) -> list[bool]:
+            # Creates lock each pod's tree until the commit. Taken in one order (by name) for every
+            # pod this transaction writes, two publishes between the same pods in opposite
+            # directions cannot deadlock.
+            pods = {pod} if writes else set()
+            pods.update(r.pod for r in receipts)
+            for name in sorted(pods):
+                await tx.lock_pod(name)
+            now = time.time()
             for w in writes:
                 await write_in(tx, pod, w)
-            await insert_deliveries(tx, deliveries, time.time())
-            return None
+            await insert_deliveries(tx, deliveries, now)
+            return [await receive_in(tx, r, now) is None for r in receipts]
+
+        return await self.accessor.transaction(job)
+
+    async def receive(self, receipt: Receipt) -> str | None:
+        async def job(tx: Tx) -> str | None:
+            return await receive_in(tx, receipt, time.time())
 
         return await self.accessor.transaction(job)
 

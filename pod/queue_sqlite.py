@@ -14,7 +14,7 @@ from collections.abc import Sequence
 
 from ldp.accessor import Write
 from ldp.sqlite import SqliteAccessor, write_in
-from pod.queue import Delivery, NewDelivery, Outcome
+from pod.queue import Delivery, NewDelivery, Outcome, Receipt
 
 _COLUMNS = (
     "id, event_id, sender, kind, recipient, target, secret, payload, state, attempts, next_attempt,"
@@ -42,14 +42,39 @@ def _row(row: Sequence[object]) -> Delivery:
 
 
 def insert_deliveries(conn: sqlite3.Connection, deliveries: Sequence[NewDelivery], now: float) -> None:
+    if not deliveries:
+        return
     conn.executemany(
-        "INSERT INTO deliveries(event_id, sender, kind, recipient, target, secret, payload,"
-        " next_attempt, created) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        "INSERT INTO deliveries(event_id, sender, kind, recipient, target, secret, payload, state, attempts,"
+        " next_attempt, created, finished) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         [
-            (d.event_id, d.sender, d.kind, d.recipient, d.target, d.secret, d.payload, now, now)
+            (d.event_id, d.sender, d.kind, d.recipient, d.target, d.secret, d.payload)
+            + (("delivered", 1, now, now, now) if d.delivered else ("pending", 0, now, now, None))
             for d in deliveries
         ],
     )
+
+
+def receive_in(conn: sqlite3.Connection, r: Receipt, now: float) -> str | None:
+    """Apply a receipt inside a job's transaction: the path of the earlier copy if the pod already
+    has this event from this sender, else None once the copy, its link and its forwards are written.
+
+    The ``received`` row goes first: inserting it is what finds the event already there, so a
+    duplicate is known before anything else is written.
+    """
+    stored = conn.execute(
+        "INSERT INTO received(pod, sender, event_id, path) VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING",
+        (r.pod, r.sender, r.event_id, r.path),
+    ).rowcount
+    if not stored:
+        row = conn.execute(
+            "SELECT path FROM received WHERE pod=? AND sender=? AND event_id=?", (r.pod, r.sender, r.event_id)
+        ).fetchone()
+        return str(row[0])
+    for w in r.writes:
+        write_in(conn, r.pod, w)
+    insert_deliveries(conn, r.forwards, now)
+    return None
 
 
 class SqliteQueue:
@@ -62,13 +87,22 @@ class SqliteQueue:
     async def open(self) -> None:
         """Nothing to do: the queue's tables are part of the accessor's schema (``ldp.sqlite``)."""
 
-    async def commit(self, pod: str, writes: Sequence[Write], deliveries: Sequence[NewDelivery]) -> None:
-        def job(conn: sqlite3.Connection) -> None:
+    async def commit(
+        self,
+        pod: str,
+        writes: Sequence[Write],
+        deliveries: Sequence[NewDelivery],
+        receipts: Sequence[Receipt] = (),
+    ) -> list[bool]:
+        def job(conn: sqlite3.Connection) -> list[bool]:
+            now = time.time()
             for w in writes:
                 write_in(conn, pod, w)
-            insert_deliveries(conn, deliveries, time.time())
+            insert_deliveries(conn, deliveries, now)
+            return [receive_in(conn, r, now) is None for r in receipts]
 
-        await self.accessor.run_job(job)
+        stored: list[bool] = await self.accessor.run_job(job)
+        return stored
 
     async def claim(self, limit: int, now: float | None = None) -> list[Delivery]:
         at = time.time() if now is None else now
@@ -114,31 +148,10 @@ class SqliteQueue:
             )
         )
 
-    async def receive(
-        self,
-        pod: str,
-        sender: str,
-        event_id: str,
-        path: str,
-        writes: Sequence[Write],
-        deliveries: Sequence[NewDelivery],
-    ) -> str | None:
-        def job(conn: sqlite3.Connection) -> str | None:
-            row = conn.execute(
-                "SELECT path FROM received WHERE pod=? AND sender=? AND event_id=?", (pod, sender, event_id)
-            ).fetchone()
-            if row is not None:
-                return str(row[0])
-            for w in writes:
-                write_in(conn, pod, w)
-            conn.execute(
-                "INSERT INTO received(pod, sender, event_id, path) VALUES (?, ?, ?, ?)",
-                (pod, sender, event_id, path),
-            )
-            insert_deliveries(conn, deliveries, time.time())
-            return None
-
-        existing: str | None = await self.accessor.run_job(job)
+    async def receive(self, receipt: Receipt) -> str | None:
+        existing: str | None = await self.accessor.run_job(
+            lambda conn: receive_in(conn, receipt, time.time())
+        )
         return existing
 
     async def seen(self, pod: str, sender: str, event_id: str) -> str | None:

@@ -486,3 +486,185 @@ async def test_inbox_page_survives_items_that_are_not_json(world: World) -> None
     await world.client.put("/user/inbox/text", data=b"hello", headers={"Content-Type": "text/plain", **owner})
     page = await world.inbox("user")
     assert page["contains"] == [BASE + "user/inbox/broken", {"b": 1}, BASE + "user/inbox/text"]
+
+
+# -- pods on this server receive their copies in the publish's transaction ----------------------------
+
+
+def _publish_children(listing: str) -> list[str]:
+    return [
+        line for line in listing.split() if "producer/publish/" in line and not line.endswith("publish/>")
+    ]
+
+
+async def test_local_copies_are_in_the_inboxes_when_the_publish_answers(world: World) -> None:
+    """No worker is involved (it is stopped): the copies, their topic links and the deliveries'
+    state are stored by the publish itself, and the deliveries are counted as made."""
+    from pod.state import QUEUE, WORKER
+    from tests.test_operations import sample, scrape
+
+    await world.app[WORKER].stop()
+    response = await world.publish([EXAMPLE, {"recipient": USER, "topic": TOPIC, "data": {"n": 2}}])
+    assert response.status == 201
+    first, second = (item["id"] for item in await response.json())
+    user = (await world.inbox("user"))["contains"]
+    participant = (await world.inbox("participant"))["contains"]
+    assert [c["id"] for c in user] == [first, second]
+    assert [c["id"] for c in participant] == [first]
+    for copy, pod, original in ((user[0], "user", USER), (participant[0], "participant", PARTICIPANT)):
+        assert copy["@id"].startswith(BASE + f"{pod}/inbox/") and copy["originalRecipient"] == original
+        assert copy["topic"] == TOPIC and copy["data"] == DATA
+        assert copy["publisher"] == PRODUCER and copy["agent"] == APP
+        assert copy["recipient"] == USER and copy["source"] == PARTICIPANT
+        name = copy["@id"].rsplit("/", 1)[1]
+        link = await world.client.get(
+            f"/{pod}/event/topic/realestate/contact/{name}",
+            headers={"Accept": "application/ld+json", **as_(original)},
+        )
+        assert link.status == 200
+        assert json.loads(await link.read())["href"] == copy["@id"]
+    assert user[1]["data"] == {"n": 2}
+    for event_url, recipients in ((first, {USER, PARTICIPANT}), (second, {USER})):
+        stored = await world.client.get(
+            event_url.removeprefix("http://pod.test"), headers={"Accept": "application/json", **as_(PRODUCER)}
+        )
+        deliveries = (await stored.json())["deliveries"]
+        assert {d["recipient"] for d in deliveries} == recipients
+        assert all(
+            d["state"] == "delivered" and d["attempts"] == 1 and "deliveredAt" in d for d in deliveries
+        )
+    assert await world.app[QUEUE].depth() == 0
+    _, metrics = await scrape(world.client)
+    assert sample(metrics, "pod_delivery_attempts_total", outcome="delivered") == 3
+
+
+async def test_a_local_copy_is_not_stored_twice(world: World) -> None:
+    """The copy stored by the publish is recorded as received from the publisher: the same event
+    sent again, by a replay of its delivery or straight to the inbox, is acknowledged and dropped."""
+    from pod.state import QUEUE
+
+    response = await world.publish({"recipient": USER, "topic": TOPIC, "data": DATA})
+    event_id = (await response.json())["id"]
+    (copy,) = (await world.inbox("user"))["contains"]
+    again = await world.client.post(
+        "/user/inbox/",
+        data=json.dumps({"id": event_id, "topic": TOPIC, "data": DATA}),
+        headers={**JSON, **as_(PRODUCER)},
+    )
+    assert (again.status, again.headers["Location"]) == (200, copy["@id"])
+    replayed = await world.client.post(
+        "/producer/.well-known/replay?from=0&states=delivered", headers=as_(PRODUCER)
+    )
+    assert (replayed.status, await replayed.json()) == (200, {"replayed": 1})
+    for _ in range(200):
+        (delivery,) = await world.app[QUEUE].for_event(event_id)
+        if delivery.state != "pending":
+            break
+        await asyncio.sleep(0.05)
+    assert (delivery.state, delivery.attempts) == ("delivered", 1)
+    assert [c["@id"] for c in (await world.inbox("user"))["contains"]] == [copy["@id"]]
+
+
+async def test_subscribers_of_a_local_recipient_get_their_forward_through_the_queue(world: World) -> None:
+    from pod.state import QUEUE, WORKER
+
+    store = world.app[STORE]
+    await subscribe(store, "user", SUBSCRIBER, "realestate")
+    await grant(store, "user", SUBSCRIBER, "realestate", "subscribe")
+    await grant(store, "subscriber", USER, "realestate", "publish")
+    worker = world.app[WORKER]
+    await worker.stop()
+    response = await world.publish({"recipient": USER, "topic": TOPIC, "data": DATA})
+    event_id = (await response.json())["id"]
+    # queued with the user's copy, by the publish's transaction
+    forwards = [d for d in await world.app[QUEUE].for_event(event_id) if d.sender == "user"]
+    assert [(d.kind, d.recipient, d.state) for d in forwards] == [("inbox", SUBSCRIBER, "pending")]
+    assert json.loads(forwards[0].payload)["originalRecipient"] == USER
+    worker.start()
+    (copy,) = await world.wait_inbox("subscriber", 1)
+    assert copy["id"] == event_id and copy["originalRecipient"] == USER and copy["data"] == DATA
+
+
+async def test_a_local_recipient_that_refuses_its_copy_fails_its_delivery_alone(world: World) -> None:
+    """A document where the user's topic container would be: the user's inbox cannot link the
+    copy, and refuses it, as it would refuse a delivery from anywhere; the other recipient gets hers."""
+    put = await world.client.put(
+        "/user/event/topic/realestate/contact",
+        data=b'<#it> <http://schema.org/name> "not a container" .',
+        headers={"Content-Type": "text/turtle", **as_(USER)},
+    )
+    assert put.status == 201
+    response = await world.publish(EXAMPLE)
+    assert response.status == 201
+    event_url = (await response.json())["id"]
+    for _ in range(200):
+        stored = await world.client.get(
+            event_url.removeprefix("http://pod.test"), headers={"Accept": "application/json", **as_(PRODUCER)}
+        )
+        states = {d["recipient"]: d for d in (await stored.json())["deliveries"]}
+        if all(d["state"] in ("delivered", "failed") for d in states.values()):
+            break
+        await asyncio.sleep(0.05)
+    assert states[PARTICIPANT]["state"] == "delivered"
+    assert states[USER]["state"] == "failed"
+    assert (
+        states[USER]["lastError"]
+        == "HTTP 409: /event/topic/realestate/contact is a document, not a container"
+    )
+    assert (await world.inbox("user"))["contains"] == []
+    assert [c["id"] for c in (await world.inbox("participant"))["contains"]] == [event_url]
+
+
+async def test_a_publish_whose_transaction_fails_stores_nothing(world: World, monkeypatch: Any) -> None:
+    """The event, its deliveries and every local copy are one transaction: a failure once the
+    user's copy is written (at the participant's) leaves nothing of any of them."""
+    import pod.queue_postgres
+    import pod.queue_sqlite
+    from pod.state import QUEUE, WORKER
+
+    real_sqlite, real_postgres = pod.queue_sqlite.write_in, pod.queue_postgres.write_in
+
+    def sqlite_write(conn: Any, pod: str, w: Any) -> Any:
+        if pod == "participant":
+            raise RuntimeError("the disk is on fire")
+        return real_sqlite(conn, pod, w)
+
+    async def postgres_write(tx: Any, pod: str, w: Any) -> Any:
+        if pod == "participant":
+            raise RuntimeError("the disk is on fire")
+        return await real_postgres(tx, pod, w)
+
+    monkeypatch.setattr(pod.queue_sqlite, "write_in", sqlite_write)
+    monkeypatch.setattr(pod.queue_postgres, "write_in", postgres_write)
+    await world.app[WORKER].stop()
+    response = await world.publish(EXAMPLE)
+    assert response.status == 500
+    listing = await world.client.get("/producer/publish/", headers={"Accept": "text/turtle", **as_(PRODUCER)})
+    assert _publish_children(await listing.text()) == []
+    assert (await world.inbox("user"))["contains"] == []
+    assert (await world.inbox("participant"))["contains"] == []
+    topic = await world.client.get("/user/event/topic/realestate/contact/", headers=as_(USER))
+    assert topic.status == 404
+    assert await world.app[QUEUE].depth() == 0
+
+
+async def test_publishes_between_two_local_pods_in_both_directions_at_once(world: World) -> None:
+    """Each publish writes both pods' trees in one transaction; crossing ones must not wait on
+    each other (PostgreSQL locks the pods in one order)."""
+    await grant(world.app[STORE], "producer", USER, "realestate", "publish")
+    _, user_key = await world.app[API_KEYS].create("user", APP)
+
+    async def from_user(n: int) -> Any:
+        body = json.dumps({"recipient": PRODUCER, "topic": TOPIC, "data": {"n": n}})
+        return await world.client.post("/user/publish/", data=body, headers={**JSON, "x-api-key": user_key})
+
+    started = time.monotonic()
+    responses = await asyncio.gather(
+        *(world.publish({"recipient": USER, "topic": TOPIC, "data": {"n": n}}) for n in range(40)),
+        *(from_user(n) for n in range(40)),
+    )
+    assert [r.status for r in responses] == [201] * 80
+    assert time.monotonic() - started < 10
+    for pod in ("user", "producer"):
+        events = (await world.inbox(pod, limit="100"))["contains"]
+        assert sorted(e["data"]["n"] for e in events) == list(range(40)), pod
