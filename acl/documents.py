@@ -3,11 +3,14 @@
 Documents on this server are read from the store directly; others come through the guarded
 outbound client, with a time-bounded cache (and a shorter one for failures, so an unreachable host
 is not asked on every request). Fetches are asynchronous: a slow remote document delays only the
-request that needs it.
+requests that need it. Requests that need the same uncached document at the same time share one
+fetch: a burst of signed deliveries from a new sender fetches its profile once, and one of them
+failing cannot overwrite the copy another has just cached.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections import OrderedDict
 
@@ -49,6 +52,7 @@ class Documents:
         self.failure_ttl = failure_ttl
         self.max_entries = max_entries
         self._cache: OrderedDict[str, tuple[float, Graph | str]] = OrderedDict()
+        self._fetching: dict[str, asyncio.Future[Graph]] = {}
 
     async def graph(self, url: str) -> Graph:
         """The graph of the document at ``url`` (fragment ignored); DocumentError if unavailable."""
@@ -59,20 +63,27 @@ class Documents:
             if record is None or normalize_media_type(record.content_type) not in RDF_MEDIA_TYPES:
                 raise DocumentError(f"Document {doc} not found")
             return self.store.graph_of(local.pod, record)
-        now = time.monotonic()
         cached = self._cache.get(doc)
-        if cached is not None and cached[0] > now:
+        if cached is not None and cached[0] > time.monotonic():
             if isinstance(cached[1], str):
                 raise DocumentError(cached[1])
             return cached[1]
+        fetching = self._fetching.get(doc)
+        if fetching is None:
+            fetching = self._fetching[doc] = asyncio.ensure_future(self._fetch_and_remember(doc))
+            fetching.add_done_callback(lambda _: self._fetching.pop(doc, None))
+        # Shielded: a caller cancelled meanwhile does not cancel the fetch for the others.
+        return await asyncio.shield(fetching)
+
+    async def _fetch_and_remember(self, doc: str) -> Graph:
         try:
             graph = await self._fetch(doc)
         except DocumentRefused:
             raise
         except DocumentError as exc:
-            self._remember(doc, now + self.failure_ttl, exc.message)
+            self._remember(doc, time.monotonic() + self.failure_ttl, exc.message)
             raise
-        self._remember(doc, now + self.ttl, graph)
+        self._remember(doc, time.monotonic() + self.ttl, graph)
         return graph
 
     def _remember(self, doc: str, until: float, value: Graph | str) -> None:
