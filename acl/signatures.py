@@ -30,6 +30,8 @@ import json
 import re
 import secrets
 import time
+import weakref
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from decimal import ROUND_HALF_EVEN, Decimal
@@ -123,13 +125,39 @@ def profile_key_triples(webid: str, key: PodKey) -> str:
 _IRIREF = re.compile(r"https?://[^\x00-\x20<>\"{}|^`\\]+")
 
 
+# Keys already found in profile graphs, by (graph identity, key id). Callers treat the graphs they
+# are given as immutable (the document caches hand the same object to every reader until the
+# document changes), so an answer holds for as long as that very graph object is alive; a weak
+# reference tells a live graph from a new one that happens to reuse the id of a collected one.
+_FOUND_KEYS: OrderedDict[tuple[int, str], tuple[weakref.ref[rdflib.Graph], str, dict[str, str]]] = (
+    OrderedDict()
+)
+_FOUND_KEYS_LIMIT = 1024
+
+
 def webid_key_from_graph(graph: rdflib.Graph, key_id: str) -> tuple[str, dict[str, str]]:
     """Find ``key_id`` in a fetched profile and return (controller WebID, public JWK).
 
     The key is accepted only if its controller lists it with ``sec:verificationMethod`` and the key
     lives in the controller's own document (same URL without fragment): otherwise anyone able to
     publish a document could name any WebID as the controller of their key.
+
+    Every signed request asks this of the (cached) profile of its sender, and the graph queries,
+    JSON parsing and checks cost more than verifying the signature's digest: an answer is kept for
+    as long as the same graph object is in use, and a refusal is never kept.
     """
+    slot = (id(graph), key_id)
+    found = _FOUND_KEYS.get(slot)
+    if found is not None and found[0]() is graph:
+        return found[1], dict(found[2])
+    webid, jwk = _webid_key_from_graph(graph, key_id)
+    _FOUND_KEYS[slot] = (weakref.ref(graph), webid, dict(jwk))
+    if len(_FOUND_KEYS) > _FOUND_KEYS_LIMIT:
+        _FOUND_KEYS.popitem(last=False)
+    return webid, jwk
+
+
+def _webid_key_from_graph(graph: rdflib.Graph, key_id: str) -> tuple[str, dict[str, str]]:
     sec = rdflib.Namespace(SEC)
     key = rdflib.URIRef(key_id)
     jwks = list(graph.objects(key, sec.publicKeyJwk))

@@ -652,6 +652,26 @@ def test_profile_key_triples_resolve_back_to_the_key() -> None:
     assert webid_key_from_graph(graph, KEY_ID) == (WEBID, KEY.public_jwk)
 
 
+def test_a_key_found_in_a_profile_graph_is_remembered_for_that_graph_only() -> None:
+    """Every signed request looks its key up in the sender's cached profile graph; the answer is kept
+    per graph object, so a profile fetched again (a rotated key) is read afresh."""
+    graph = profile(profile_key_triples(WEBID, KEY))
+    _, jwk = webid_key_from_graph(graph, KEY_ID)
+    jwk["x"] = "tampered by a caller"
+    assert webid_key_from_graph(graph, KEY_ID) == (WEBID, KEY.public_jwk)
+    rotated = profile(profile_key_triples(WEBID, OTHER_KEY))
+    assert webid_key_from_graph(rotated, KEY_ID) == (WEBID, OTHER_KEY.public_jwk)
+    assert webid_key_from_graph(graph, KEY_ID) == (WEBID, KEY.public_jwk)
+    del graph
+    assert (
+        webid_key_from_graph(profile(profile_key_triples(WEBID, OTHER_KEY)), KEY_ID)[1]
+        == OTHER_KEY.public_jwk
+    )
+    # a refusal is never remembered: the same graph asked for another key id is checked again
+    with pytest.raises(Unauthorized, match="no public key"):
+        webid_key_from_graph(rotated, f"{DOC}#other")
+
+
 def _jwk_literal(jwk: str) -> str:
     return (
         '"'
