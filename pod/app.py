@@ -18,6 +18,7 @@ from acl.wac import Wac
 from ldp.errors import Conflict
 from ldp.store import ResourceStore
 from pod.backend import open_backend
+from pod.batch_inbox import install_batch_inbox
 from pod.config import Config
 from pod.cors import add_cors_headers, preflight_middleware
 from pod.delivery import DeliveryWorker
@@ -146,5 +147,6 @@ def create_app(config: Config) -> web.Application:
     app.on_response_prepare.append(add_cors_headers)
     app.on_shutdown.append(_close_sockets)
     install_operations(app, config)  # /.health, /.metrics: server routes before the pods' catch-all
+    install_batch_inbox(app)  # /.well-known/inbox-batch: events from another server, many at once
     app.router.add_route("*", "/{tail:.*}", dispatch)
     return app

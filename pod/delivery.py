@@ -2,7 +2,8 @@
 
 - ``inbox`` deliveries go to the recipient's inbox, discovered from its WebID profile
   (``ldp:inbox``, cached). A pod on this server is delivered in-process through the same inbox
-  rules; another server gets an LDN POST signed by the sending pod (RFC 9421).
+  rules; another server gets an LDN POST signed by the sending pod (RFC 9421), or, when it takes
+  them, the deliveries to its inboxes in signed batches (``pod.remote_inbox``).
 - ``webhook`` deliveries POST the event JSON with ``X-Signature: sha256=<HMAC of the body>``.
 
 Network errors and 5xx answers are retried with exponential backoff and jitter; a 4xx is final and
@@ -25,12 +26,13 @@ from dataclasses import dataclass
 from rdflib import URIRef
 
 from acl.documents import DocumentError, DocumentRefused, Documents
-from acl.signatures import PodKey, load_pod_key, sign_request
+from acl.signatures import PodKey, load_pod_key
 from ldp.errors import PodError
 from ldp.identifiers import PodLocator
 from ldp.vocab import LDP
 from pod.outbound import BlockedAddress, OutboundClient, OutboundError
 from pod.queue import Delivery, DeliveryQueue, backoff
+from pod.remote_inbox import InboxSender
 
 log = logging.getLogger("pod.delivery")
 
@@ -80,6 +82,7 @@ class DeliveryWorker:
         max_age: float = 3 * 24 * 3600.0,
         max_backoff: float = 600.0,
         concurrency: int = 64,
+        batched: int = 1024,
         timeout: float = 10.0,
     ) -> None:
         self.queue = queue
@@ -91,6 +94,7 @@ class DeliveryWorker:
         self.max_age = max_age
         self.max_backoff = max_backoff
         self.concurrency = concurrency
+        self.batched = batched
         self.timeout = timeout
         self.stats = Stats()
         self._wake = asyncio.Event()
@@ -98,6 +102,9 @@ class DeliveryWorker:
         self._keys: dict[str, PodKey] = {}
         self._in_flight: set[int] = set()
         self._running: set[asyncio.Task[None]] = set()
+        self._own_requests = 0  # deliveries in flight that are not riding in a batch
+        self._freed = asyncio.Event()  # a delivery finished or joined a batch
+        self.sender = InboxSender(outbound, timeout=timeout)
 
     def notify(self) -> None:
         """New deliveries were committed: look at the queue now rather than at the next poll."""
@@ -119,6 +126,7 @@ class DeliveryWorker:
         for task in self._running:
             task.cancel()
         await asyncio.gather(*self._running, return_exceptions=True)
+        await self.sender.close()
         if claimed:
             await self.queue.release(claimed)
         self._in_flight.clear()
@@ -135,18 +143,30 @@ class DeliveryWorker:
             raise
 
     async def _run(self) -> None:
+        """Claim and start deliveries while there is room, then sleep until there is work.
+
+        Room is counted twice. ``concurrency`` bounds the deliveries making requests of their own
+        (webhooks, single LDN POSTs, pods here): more would only wait for a connection, and their
+        time limit would run out waiting. A delivery that joins a batch to another server stops
+        counting there — the batch is one request — and the loop claims the next ones at once, so
+        a fan-out leaves in batches as fast as it is claimed; ``batched`` bounds how many ride in
+        batches at a time (each holds a lease meanwhile), and so how many go out one by one at once
+        when a receiver refuses a batch as a whole.
+        """
         running = self._running
         while True:
             self._wake.clear()
-            capacity = self.concurrency - len(running)
+            self._freed.clear()
+            capacity = min(self.concurrency - self._own_requests, self.batched - len(running))
             claimed = await self._claim(capacity) if capacity > 0 else []
             for delivery in claimed:
                 self._in_flight.add(delivery.id)
+                self._own_requests += 1
                 task = asyncio.create_task(self._deliver(delivery))
                 running.add(task)
-                task.add_done_callback(running.discard)
+                task.add_done_callback(self._done)
             if capacity <= 0 or len(claimed) == capacity:
-                await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)  # full: wait for a slot
+                await self._freed.wait()  # full: wait for a slot
                 continue
             if claimed:
                 continue  # more may have become due meanwhile
@@ -160,14 +180,28 @@ class DeliveryWorker:
                 async with asyncio.timeout(wait):
                     await self._wake.wait()
 
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self._running.discard(task)
+        self._freed.set()
+
     async def _deliver(self, delivery: Delivery) -> None:
         outcome: tuple[int, str, str, float | None]
+        counted = True
+
+        def release() -> None:
+            """Stop counting this delivery toward ``concurrency``: it joined a batch, or it is over."""
+            nonlocal counted
+            if counted:
+                counted = False
+                self._own_requests -= 1
+                self._freed.set()
+
         try:
             try:
                 if delivery.kind == "webhook":
                     await self._webhook(delivery)
                 else:
-                    await self._inbox(delivery)
+                    await self._inbox(delivery, release)
             except (Refused, DocumentRefused, BlockedAddress) as exc:
                 self.stats.failed += 1
                 outcome = (delivery.id, "failed", str(exc), None)
@@ -198,6 +232,7 @@ class DeliveryWorker:
                 outcome = (delivery.id, "delivered", "", None)
             await self.queue.finish([outcome])
         finally:
+            release()
             self._in_flight.discard(delivery.id)
 
     async def key_for(self, pod: str) -> PodKey:
@@ -213,7 +248,7 @@ class DeliveryWorker:
             key = self._keys[pod] = load_pod_key(*found)
         return key
 
-    async def _inbox(self, delivery: Delivery) -> None:
+    async def _inbox(self, delivery: Delivery, batched: Callable[[], None] | None = None) -> None:
         local = self.locator.target_of_url(delivery.recipient)
         if local is not None and not delivery.target:
             try:
@@ -227,9 +262,8 @@ class DeliveryWorker:
             return
         inbox = delivery.target or await self._discover_inbox(delivery.recipient)
         key = await self._key(delivery.sender)
-        headers = {"Content-Type": "application/ld+json"}
-        headers.update(sign_request(key, "POST", inbox, headers, delivery.payload))
-        response = await self.outbound.post(inbox, delivery.payload, headers, timeout=self.timeout)
+        # Signed, and batched with the other deliveries to the same server when it takes batches.
+        response = await self.sender.send(key, inbox, delivery.payload, batched=batched)
         self._judge(response.status, response.body)
 
     async def _discover_inbox(self, webid: str) -> str:
