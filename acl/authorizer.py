@@ -50,6 +50,10 @@ class Authorizer:
         self.wac = wac
         self.accessor = accessor
         self.locator = locator
+        # Pods found to exist. A pod is never deleted (nothing removes one), so once found it stays,
+        # and the check costs no read even while writes keep emptying the read cache. Pods that
+        # were not found are asked again: one may be created at any time.
+        self._pods: set[str] = set()
 
     async def authorize(
         self,
@@ -64,8 +68,10 @@ class Authorizer:
         the permissions to advertise in ``WAC-Allow``."""
         if method == "OPTIONS" or (path.startswith(PUBLIC_PREFIX) and method in ("GET", "HEAD")):
             return None
-        if await self.accessor.get(pod, "/") is None:
-            raise NotFound(f"No pod at {self.locator.pod_root(pod)}")
+        if pod not in self._pods:
+            if await self.accessor.get(pod, "/") is None:
+                raise NotFound(f"No pod at {self.locator.pod_root(pod)}")
+            self._pods.add(pod)
         await self.wac.refresh()
         reqs = await requirements(self.accessor, method, pod, path, inserts_only)
         if not await self.wac.allows(pod, reqs, creds.webid, origin):
