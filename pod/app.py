@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 from collections.abc import AsyncIterator
 from typing import Any
@@ -126,6 +127,14 @@ async def _storage(app: web.Application) -> AsyncIterator[None]:
     await backend.close()
 
 
+async def _freeze_startup_heap(app: web.Application) -> None:
+    """Take what starting allocated (modules, bundled contexts, parsed templates) out of the
+    garbage collector's sight. A full collection otherwise walks all of it: under a write load
+    those pauses reached tens of milliseconds and set the p99 latency."""
+    gc.collect()
+    gc.freeze()
+
+
 async def _close_sockets(app: web.Application) -> None:
     if NOTIFICATIONS in app:
         await app[NOTIFICATIONS].close()
@@ -144,6 +153,7 @@ def create_app(config: Config) -> web.Application:
     app[LOCATOR] = config.locator()
     app.cleanup_ctx.append(_outbound)
     app.cleanup_ctx.append(_storage)
+    app.on_startup.append(_freeze_startup_heap)  # after the cleanup contexts: storage is open
     app.on_response_prepare.append(add_cors_headers)
     app.on_shutdown.append(_close_sockets)
     install_operations(app, config)  # /.health, /.metrics: server routes before the pods' catch-all
