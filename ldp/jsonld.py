@@ -154,7 +154,7 @@ def jsonld_to_nquads(doc: object, base: str) -> str:
     options["format"] = "application/n-quads"
     try:
         result = jsonld.to_rdf(doc, options)
-    except (jsonld.JsonLdError, RecursionError) as exc:
+    except Exception as exc:  # pyld fails on some hostile input in its own code (TypeError, UnicodeError)
         raise _translate(exc) from None
     return str(result)
 
@@ -170,7 +170,7 @@ def jsonld_to_dataset(doc: object, base: str) -> dict[str, list[dict[str, Any]]]
     _check_document(doc)
     try:
         result = jsonld.to_rdf(doc, _options(base))
-    except (jsonld.JsonLdError, RecursionError) as exc:
+    except Exception as exc:  # pyld fails on some hostile input in its own code (TypeError, UnicodeError)
         raise _translate(exc) from None
     dataset: dict[str, list[dict[str, Any]]] = result
     return dataset

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Iterable
 from functools import lru_cache
 from typing import Any
 
@@ -30,6 +31,7 @@ from rdflib.term import Node, Variable
 
 from ldp.errors import BadRequest, NotAcceptable, UnsupportedMediaType
 from ldp.jsonld import jsonld_to_dataset
+from ldp.jsonld_plain import plain_jsonld
 from ldp.vocab import ACL, AS, LDP, PIM, SOLID, VCARD
 
 __all__ = [
@@ -144,8 +146,13 @@ def parse_rdf(body: bytes, media_type: str, base: str) -> rdflib.Graph:
     text = _decode(body, media_type)
 
     if media_type == "application/ld+json":
-        graph = _parse_jsonld(text, base)
-    elif media_type in _OXIGRAPH_FORMATS:
+        # Checked in document order, so the problem named is the same on every run and path.
+        triples = _jsonld_triples(text, base)
+        _check_terms(triples, media_type)
+        graph = new_graph()
+        graph += triples
+        return graph
+    if media_type in _OXIGRAPH_FORMATS:
         graph = _parse_oxigraph(text, media_type, base)
     else:
         graph = new_graph()
@@ -179,11 +186,11 @@ def validate_rdf(body: bytes, media_type: str, base: str) -> None:
     surrogate escapes, literal subjects) on its own; only RDF 1.2 triple terms need a look.
     """
     if media_type == "application/ld+json":
-        for triple in _jsonld_triples(_decode(body, media_type), base):
-            for position, term in zip(_POSITIONS, triple, strict=True):
-                problem = term_problem(term, position)
-                if problem is not None:
-                    raise _invalid(media_type, problem)
+        text = _decode(body, media_type)
+        doc = _json_document(text)
+        if plain_jsonld(doc) and _oxigraph_jsonld(text, base, terms=False) is not None:
+            return
+        _check_terms(_reference_jsonld_triples(doc, base), media_type)
         return
     if media_type not in _OXIGRAPH_FORMATS:
         parse_rdf(body, media_type, base)
@@ -238,21 +245,50 @@ def _ox_term(term: object, bnodes: dict[str, BNode]) -> Node:
     raise BadRequest("Invalid RDF: triple terms (<<( ... )>>) are not supported")
 
 
-def _parse_jsonld(text: str, base: str) -> rdflib.Graph:
-    graph = new_graph()
-    graph += _jsonld_triples(text, base)
-    return graph
-
-
 def _jsonld_triples(text: str, base: str) -> list[tuple[Node, Node, Node]]:
     """The triples of a JSON-LD document, as rdflib terms but not yet in a graph: validation only
-    needs to look at them, and building the graph cost as much as the JSON-LD processing."""
+    needs to look at them, and building the graph cost as much as the JSON-LD processing. Plain
+    documents (:mod:`ldp.jsonld_plain`) are read by Oxigraph, the rest by pyld."""
+    doc = _json_document(text)
+    if plain_jsonld(doc):
+        triples = _oxigraph_jsonld(text, base, terms=True)
+        if triples is not None:
+            return triples
+    return _reference_jsonld_triples(doc, base)
+
+
+def _json_document(text: str) -> Any:
     try:
-        doc = json.loads(text)
+        return json.loads(text)
     except json.JSONDecodeError as exc:
         raise _invalid("application/ld+json", f"not valid JSON: {exc}") from None
     except RecursionError:
         raise _invalid("application/ld+json", "document is nested too deeply") from None
+
+
+def _oxigraph_jsonld(text: str, base: str, terms: bool) -> list[tuple[Node, Node, Node]] | None:
+    """Oxigraph's reading of a plain document (as rdflib terms when ``terms``), or None when it
+    refuses the document or finds a named graph: the reference path then gives the answer."""
+    triples: list[tuple[Node, Node, Node]] = []
+    bnodes: dict[str, BNode] = {}
+    try:
+        for quad in ox.parse(text, format=ox.RdfFormat.JSON_LD, base_iri=base):
+            if not isinstance(quad.graph_name, ox.DefaultGraph):
+                return None
+            if terms:
+                triples.append(
+                    (
+                        _ox_term(quad.subject, bnodes),
+                        URIRef(quad.predicate.value),
+                        _ox_term(quad.object, bnodes),
+                    )
+                )
+    except (SyntaxError, ValueError):
+        return None
+    return triples
+
+
+def _reference_jsonld_triples(doc: Any, base: str) -> list[tuple[Node, Node, Node]]:
     dataset = jsonld_to_dataset(doc, base)
     for name, triples in dataset.items():
         if name != "@default" and triples:
@@ -271,7 +307,9 @@ def _jsonld_triples(text: str, base: str) -> list[tuple[Node, Node, Node]]:
         raise _invalid("application/ld+json", str(exc)) from None
 
 
-def _jsonld_term(term: dict[str, Any], bnodes: dict[str, BNode]) -> Node:
+def _jsonld_term(term: dict[str, Any] | None, bnodes: dict[str, BNode]) -> Node:
+    if term is None:  # pyld leaves some values it could not convert as None
+        raise ValueError("a value could not be converted to RDF")
     kind = term["type"]
     value: str = term["value"]
     if kind == "IRI":
@@ -291,13 +329,13 @@ def _jsonld_term(term: dict[str, Any], bnodes: dict[str, BNode]) -> Node:
     return Literal(value, datatype=URIRef(datatype))
 
 
-def _check_terms(graph: rdflib.Graph, media_type: str) -> None:
+def _check_terms(triples: Iterable[tuple[Node, Node, Node]], media_type: str) -> None:
     """Refuse what parsed but is not storable RDF.
 
     N3 is a superset of RDF: formulae (``{ ... }``), variables (``?x``) and literal subjects parse,
     but a resource is data, not rules. Every format must yield terms that serialise again.
     """
-    for triple in graph:
+    for triple in triples:
         for position, term in zip(_POSITIONS, triple, strict=True):
             problem = term_problem(term, position)
             if problem is not None:

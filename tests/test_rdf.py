@@ -448,8 +448,9 @@ def test_validate_accepts_what_parse_accepts() -> None:
     assert len(parse_rdf(body, "text/turtle", BASE)) == 4
 
 
-# validate_rdf checks JSON-LD without building a graph; it must refuse exactly what parse_rdf
-# refuses, with the same message.
+# JSON-LD is read by Oxigraph when the document is plain (ldp.jsonld_plain) and by pyld otherwise.
+# Whichever path reads a document, the answer (triples, or the refusal and its message) must be the
+# reference path's; and validate_rdf must refuse exactly what parse_rdf refuses.
 _JSONLD_CORPUS: list[object] = [
     {"@id": "http://a", "http://p": {"@id": "not an iri with spaces"}},
     {"@id": "not an iri with spaces", "http://p": "x"},
@@ -493,6 +494,16 @@ _JSONLD_CORPUS: list[object] = [
     {"@context": "http://example.org/not-bundled", "@id": "http://a"},
     [{"@id": "http://a", "http://p": "1"}, {"@id": "http://b", "http://p": "2"}],
     "just a string",
+    {"@context": {"as": "https://www.w3.org/ns/activitystreams#"}, "@type": "as:Note", "as:content": "x"},
+    {"@context": {"ex": "http://ex/", "p": {"@id": "ex:p", "@container": "@list"}}, "@id": "ex:a", "p": [1]},
+    {"@id": "http://a", "http://p": {"@id": "http://a:b:c"}},
+    {"@id": "http://a", "http://p": {"@id": "http://[x"}},
+    {"@id": "http://a", "http://p": {"@id": "http://a/%zz"}},
+    {"@id": "http://a", "http://p": {"@value": {"x": 1}}},
+    {"@id": "http://a", "http://p": {"@value": "x", "@type": "@id"}},
+    {"@id": "http://a", "http://p": {"@value": "5", "@type": "http://www.w3.org/2001/XMLSchema#integer"}},
+    {"@id": "http://a", "@reverse": {"http://p": {"@id": "http://b"}}},
+    {"@id": "http://a", "http://p": {"@set": ["x", {"@list": []}]}},
 ]
 
 
@@ -510,3 +521,154 @@ def test_jsonld_validation_agrees_with_parsing(doc: object) -> None:
     except BadRequest as exc:
         got = exc.message
     assert got == expected
+
+
+def _outcome(read: Any, body: bytes) -> object:
+    try:
+        return read(body)
+    except BadRequest as exc:
+        return exc.message
+
+
+def _reference(body: bytes) -> object:
+    from ldp import rdf
+
+    triples = rdf._reference_jsonld_triples(json.loads(body), BASE)
+    rdf._check_terms(triples, "application/ld+json")
+    graph = rdf.new_graph()
+    graph += triples
+    return graph
+
+
+def _same(a: object, b: object) -> bool:
+    if isinstance(a, rdflib.Graph) and isinstance(b, rdflib.Graph):
+        return isomorphic(a, b)
+    return a == b
+
+
+@pytest.mark.parametrize("doc", _JSONLD_CORPUS, ids=lambda d: json.dumps(d)[:60])
+def test_jsonld_fast_path_reads_as_the_reference(doc: object) -> None:
+    body = json.dumps(doc).encode()
+    expected = _outcome(_reference, body)
+    assert _same(_outcome(lambda b: parse_rdf(b, "application/ld+json", BASE), body), expected)
+
+
+def _generated_documents(count: int, seed: int = 20261126) -> list[object]:
+    """Small JSON-LD documents built from pieces both paths must agree on, well-formed or not."""
+    import random
+
+    rnd = random.Random(seed)
+    iris = [
+        "http://ex.org/a",
+        "http://ex.org/b#x",
+        "https://ex.org/p",
+        "ex:q",
+        "as:Note",
+        "rel",
+        "#frag",
+        "_:b1",
+        "_:b2",
+        "http://a b",
+        "http://ex.org/<x>",
+        "http://ex.org/%41",
+        "http://a:b:c",
+        "http://[::1]/",
+        "urn:x:y",
+        "mailto:a@b",
+        "http://ex.org/\u00e9",
+        "http://ex.org/é",
+        "",
+    ]
+    terms = ["name", "knows", "ex:p", "as:content", "http://ex.org/p", "http://ex.org/q r", "@type"]
+    good_iris, good_terms = iris[:9] + iris[14:16], ["name", "ex:p", "as:content", "http://ex.org/p"]
+    dirty = [iris, terms, 11]  # the pools a document draws from; half are drawn from clean ones
+
+    def value(depth: int) -> object:
+        iris, pick = dirty[0], rnd.randrange(dirty[2])
+        if pick == 0:
+            return rnd.choice(["text", "", "\ud800", "é", "a\nb"])
+        if pick == 1:
+            return rnd.choice([0, 1, -3, 2.5, 1e21, 1.0, True, False, None])
+        if pick == 2:
+            return {"@id": rnd.choice(iris)}
+        if pick == 3:
+            return {"@value": rnd.choice(["5", "x", 5]), "@type": rnd.choice(iris[:6])}
+        if pick == 4:
+            return {"@value": "x", "@language": rnd.choice(["en", "en-GB", "not a tag!", "x" * 9])}
+        if pick == 5:
+            return {"@list": [value(depth + 1) for _ in range(rnd.randrange(3))]}
+        if pick == 6:
+            return [value(depth + 1) for _ in range(rnd.randrange(3))]
+        if pick == 7 and depth < 3:
+            return node(depth + 1)
+        if pick == 8:
+            return {"@value": {"k": 1}, "@type": "@json"}
+        return rnd.choice(iris)
+
+    def node(depth: int) -> dict[str, object]:
+        iris, terms = dirty[0], dirty[1]
+        out: dict[str, object] = {}
+        if rnd.random() < 0.8:
+            out["@id"] = rnd.choice(iris)
+        if rnd.random() < 0.4:
+            out["@type"] = rnd.choice([rnd.choice(iris), [rnd.choice(iris), rnd.choice(iris)]])
+        for _ in range(rnd.randrange(1, 4)):
+            out[rnd.choice(terms)] = value(depth)
+        return out
+
+    def context() -> object:
+        ctx: dict[str, object] = {"ex": "http://ex.org/", "as": "https://www.w3.org/ns/activitystreams#"}
+        for _ in range(rnd.randrange(3)):
+            term = rnd.choice(["name", "knows", "tag"])
+            ctx[term] = rnd.choice(
+                [
+                    rnd.choice(dirty[0]),
+                    {"@id": rnd.choice(dirty[0])},
+                    {"@id": "ex:" + term, "@type": rnd.choice(["@id", "@vocab", "ex:T", "@json"])},
+                    {"@id": "ex:" + term, "@container": rnd.choice(["@set", "@list", "@language", "@index"])},
+                ]
+            )
+        if rnd.random() < 0.15:
+            ctx[rnd.choice(["@vocab", "@base", "@language"])] = rnd.choice(["http://v.org/", "en"])
+        return ctx
+
+    docs: list[object] = []
+    all_iris, all_terms = iris, terms
+    for _ in range(count):
+        clean = rnd.random() < 0.5
+        dirty[:] = [good_iris, good_terms, 4] if clean else [all_iris, all_terms, 11]
+        doc: object = node(0)
+        if rnd.random() < 0.7:
+            assert isinstance(doc, dict)
+            doc = {"@context": context(), **doc}
+        if rnd.random() < 0.1:
+            doc = [doc, node(1)]
+        if rnd.random() < 0.05:
+            doc = {"@id": rnd.choice(iris), "@graph": [node(1)]}
+        docs.append(doc)
+    return docs
+
+
+def test_jsonld_fast_path_agrees_on_generated_documents() -> None:
+    from ldp.jsonld_plain import plain_jsonld
+
+    docs = _generated_documents(1500)
+    plain = 0
+    for doc in docs:
+        body = json.dumps(doc).encode()
+        plain += plain_jsonld(json.loads(body))
+        expected = _outcome(_reference, body)
+        got = _outcome(lambda b: parse_rdf(b, "application/ld+json", BASE), body)
+        assert _same(got, expected), json.dumps(doc)
+        validated = _outcome(lambda b: validate_rdf(b, "application/ld+json", BASE), body)
+        assert validated == (expected if isinstance(expected, str) else None), json.dumps(doc)
+    assert plain >= len(docs) // 10, f"only {plain} of {len(docs)} generated documents took the fast path"
+
+
+def test_jsonld_that_breaks_pyld_itself_is_a_400() -> None:
+    # pyld's own code fails on a lone surrogate inside a JSON literal (UnicodeEncodeError): that is
+    # the client's malformed input, not a server error.
+    body = json.dumps({"@id": "http://a", "http://p": {"@value": {"k": "\ud800"}, "@type": "@json"}}).encode()
+    for check in (parse_rdf, validate_rdf):
+        with pytest.raises(BadRequest, match=r"Invalid application/ld\+json"):
+            check(body, "application/ld+json", BASE)
