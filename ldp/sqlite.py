@@ -2,10 +2,14 @@
 
 Durability: WAL journal with ``synchronous=FULL``, so a commit has reached the disk (fsync) before
 the request that caused it is answered. Writes go through one writer thread that commits in groups:
-every write queued while the previous commit is being flushed joins the next transaction, each in
-its own savepoint, so one fsync covers many requests and one failing write does not undo the others.
-Because writes are applied one after another in that thread, a write's precondition check and the
-write itself are atomic: concurrent writers never lose an update.
+every write queued while the previous commit is being flushed joins the next transaction, so one
+fsync covers many requests, and one failing write does not undo the others: a job that may fail
+half-way runs in its own savepoint, and a resource write or delete, which makes every check before
+its first change, needs none. Because writes are applied one after another in that thread, a
+write's precondition check and the write itself are atomic: concurrent writers never lose an update.
+
+That thread's work is most of a write's cost, so a write asks little of it: one statement finds
+the resource, its twin and its container, one inserts or updates, one touches the container.
 
 Reads run directly on the event loop's thread on a separate read-only connection. They are
 primary-key or index-range lookups of a few microseconds, cheaper than a hop to a thread; in WAL
@@ -23,6 +27,7 @@ import sqlite3
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, cast
 
@@ -125,18 +130,37 @@ def _connect(path: Path) -> sqlite3.Connection:
     return conn
 
 
-def _version_of(conn: sqlite3.Connection, pod: str, path: str) -> str | None:
-    row = conn.execute("SELECT version FROM resources WHERE pod=? AND path=?", (pod, path)).fetchone()
-    return None if row is None else str(row[0])
+def _found(conn: sqlite3.Connection, pod: str, paths: Sequence[str]) -> dict[str, tuple[str, int]]:
+    """Which of ``paths`` exist: path → (version, rowid), in one statement of index probes."""
+    rows = conn.execute(_find_sql(len(paths)), (pod, *paths)).fetchall()
+    return {row[0]: (row[1], row[2]) for row in rows}
 
 
-def _touch(conn: sqlite3.Connection, pod: str, path: str | None, now: float) -> None:
-    """A container's version and modification time change when its membership changes."""
-    if path is not None:
-        conn.execute(
-            "UPDATE resources SET version=?, modified=? WHERE pod=? AND path=?",
-            (new_version(), now, pod, path),
+@lru_cache(maxsize=64)
+def _find_sql(count: int) -> str:
+    """One text per count of paths, so that each is prepared once and then found in the
+    connection's statement cache. A few paths are asked as point lookups joined by UNION ALL:
+    ``path IN (...)`` first builds a temporary index of its values, which costs more than the
+    lookups themselves (the ancestors of a deep path, asked rarely, use it all the same, since a
+    compound SELECT has at most 500 terms)."""
+    if count <= 4:
+        return " UNION ALL ".join(
+            f"SELECT path, version, id FROM resources WHERE pod=?1 AND path=?{k}" for k in range(2, count + 2)
         )
+    marks = ",".join("?" * count)
+    return f"SELECT path, version, id FROM resources WHERE pod=? AND path IN ({marks})"
+
+
+_INSERT = (
+    "INSERT INTO resources(pod, path, parent, content_type, body, version, modified, created)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+)
+_TOUCH = "UPDATE resources SET version=?, modified=? WHERE id=?"
+
+
+def _touch(conn: sqlite3.Connection, rowid: int, now: float) -> None:
+    """A container's version and modification time change when its membership changes."""
+    conn.execute(_TOUCH, (new_version(), now, rowid))
 
 
 def _bump_acl_epoch(conn: sqlite3.Connection) -> None:
@@ -147,49 +171,66 @@ def _bump_acl_epoch(conn: sqlite3.Connection) -> None:
     )
 
 
-def _insert(conn: sqlite3.Connection, pod: str, path: str, ctype: str, body: bytes, now: float) -> str:
-    version = new_version()
-    parent = None if is_acl(path) else parent_of(path)
-    conn.execute(
-        "INSERT INTO resources(pod, path, parent, content_type, body, version, modified, created)"
-        " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-        (pod, path, parent, ctype, body, version, now, now),
-    )
-    _touch(conn, pod, parent, now)
-    if parent is None and path != "/":
-        _bump_acl_epoch(conn)
-    return version
-
-
 def write_in(conn: sqlite3.Connection, pod: str, w: Write) -> tuple[Record, bool]:
-    """Apply a write inside a job's transaction (see ``SqliteAccessor.run_job``)."""
+    """Apply a write inside a job's transaction (see ``SqliteAccessor.run_job``).
+
+    Every check (precondition, name clash, missing pod) is made before the first change, so a
+    write that fails has changed nothing.
+    """
     return _write(conn, pod, w)
 
 
 def _write(conn: sqlite3.Connection, pod: str, w: Write) -> tuple[Record, bool]:
     now = time.time()
-    current = _version_of(conn, pod, w.path)
-    check_expect(current, w.expect, w.path)
+    path = w.path
+    parent = parent_of(path)
+    twin = twin_of(path)
+    # One statement answers the three questions of nearly every write: does the resource exist
+    # (and at which version), does its twin, does its container. A container that exists has all
+    # its ancestors (a container is only created with its ancestors, and only deleted empty), so
+    # the ancestors are looked up only when the container is missing.
+    found = _found(conn, pod, (path,) if parent is None else (path, twin, parent))
+    current = found.get(path)
+    check_expect(None if current is None else current[0], w.expect, path)
     if current is not None:
         version = new_version()
         conn.execute(
-            "UPDATE resources SET content_type=?, body=?, version=?, modified=? WHERE pod=? AND path=?",
-            (w.content_type, w.body, version, now, pod, w.path),
+            "UPDATE resources SET content_type=?, body=?, version=?, modified=? WHERE id=?",
+            (w.content_type, w.body, version, now, current[1]),
         )
-        if is_acl(w.path):
+        if is_acl(path):
             _bump_acl_epoch(conn)
-        return Record(w.path, w.content_type, w.body, version, now), False
-    if w.path != "/" and _version_of(conn, pod, twin_of(w.path)) is not None:
-        raise Conflict(f"{twin_of(w.path)} already exists; a container and a document cannot share a name")
-    for container in ancestors(w.path):
-        if _version_of(conn, pod, container) is None:
-            if container != "/" and _version_of(conn, pod, container[:-1]) is not None:
-                raise Conflict(f"{container[:-1]} is a document, not a container")
-            if container == "/":
-                raise NotFound("No such pod")
-            _insert(conn, pod, container, "text/turtle", b"", now)
-    version = _insert(conn, pod, w.path, w.content_type, w.body, now)
-    return Record(w.path, w.content_type, w.body, version, now), True
+        return Record(path, w.content_type, w.body, version, now), False
+    if path != "/" and twin in found:
+        raise Conflict(f"{twin} already exists; a container and a document cannot share a name")
+    missing: list[str] = []
+    if parent is not None and parent not in found:
+        chain = ancestors(path)
+        found = _found(conn, pod, [*chain, *(c[:-1] for c in chain if c != "/")])
+        for container in chain:
+            if container not in found:
+                if container != "/" and container[:-1] in found:
+                    raise Conflict(f"{container[:-1]} is a document, not a container")
+                if container == "/":
+                    raise NotFound("No such pod")
+                missing.append(container)
+    # Checks done: from here on only changes. New intermediate containers get fresh versions of
+    # their own, so of the containers whose membership changes only the nearest existing one is
+    # touched.
+    version = new_version()
+    acl = is_acl(path)
+    rows = [(pod, c, parent_of(c), "text/turtle", b"", new_version(), now, now) for c in missing]
+    rows.append((pod, path, None if acl else parent, w.content_type, w.body, version, now, now))
+    if len(rows) == 1:
+        conn.execute(_INSERT, rows[0])
+    else:
+        conn.executemany(_INSERT, rows)
+    touched = parent_of(missing[0]) if missing else None if acl else parent
+    if touched is not None:
+        _touch(conn, found[touched][1], now)
+    if acl:
+        _bump_acl_epoch(conn)
+    return Record(path, w.content_type, w.body, version, now), True
 
 
 def _migrate(conn: sqlite3.Connection) -> list[Migration]:
@@ -220,20 +261,23 @@ def _migrate(conn: sqlite3.Connection) -> list[Migration]:
 
 
 def _delete(conn: sqlite3.Connection, pod: str, path: str, expect: str | None) -> None:
-    current = _version_of(conn, pod, path)
+    acl = is_acl(path)
+    parent = None if acl else parent_of(path)
+    found = _found(conn, pod, (path,) if parent is None else (path, parent))
+    current = found.get(path)
     if current is None:
         raise NotFound(f"{path} does not exist")
-    check_expect(current, expect, path)
+    check_expect(current[0], expect, path)
     if (
         is_container(path)
         and conn.execute("SELECT 1 FROM resources WHERE pod=? AND parent=? LIMIT 1", (pod, path)).fetchone()
     ):
         raise Conflict("Container is not empty")
     deleted = conn.execute("DELETE FROM resources WHERE pod=? AND path IN (?, ?)", (pod, path, path + ".acl"))
-    if is_acl(path) or deleted.rowcount > 1:
+    if acl or deleted.rowcount > 1:
         _bump_acl_epoch(conn)
-    if not is_acl(path):
-        _touch(conn, pod, parent_of(path), time.time())
+    if parent is not None and parent in found:
+        _touch(conn, found[parent][1], time.time())
 
 
 class SqliteAccessor:
@@ -244,7 +288,7 @@ class SqliteAccessor:
         self._reader: sqlite3.Connection | None = None
         self._writer: sqlite3.Connection | None = None
         self._executor: ThreadPoolExecutor | None = None
-        self._queue: asyncio.Queue[tuple[Job, asyncio.Future[Any]]] | None = None
+        self._queue: asyncio.Queue[tuple[Job, bool, asyncio.Future[Any]]] | None = None
         self._task: asyncio.Task[None] | None = None
         self.applied: list[Migration] = []  # the schema steps this open applied
         self.cache = ReadCache(self._data_version)
@@ -298,10 +342,13 @@ class SqliteAccessor:
             self._writer = None
 
     # -- group commit ----------------------------------------------------------------------------
-    async def _run(self, job: Job) -> Any:
+    async def _run(self, job: Job, savepoint: bool = True) -> Any:
+        """Run ``job`` in the writer thread's next group commit. ``savepoint=False`` is for a job
+        that changes nothing unless it succeeds (it makes every check before its first change, or
+        is one statement): it runs without the savepoint that would undo a failure half-way."""
         assert self._queue is not None, "accessor is not open"
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._queue.put_nowait((job, future))
+        self._queue.put_nowait((job, savepoint, future))
         return await future
 
     async def _write_loop(self) -> None:
@@ -313,7 +360,8 @@ class SqliteAccessor:
             while len(batch) < _MAX_BATCH and not queue.empty():
                 batch.append(queue.get_nowait())
             try:
-                results = await loop.run_in_executor(self._executor, self._commit, [job for job, _ in batch])
+                jobs = [(job, savepoint) for job, savepoint, _ in batch]
+                results = await loop.run_in_executor(self._executor, self._commit, jobs)
             except BaseException as exc:  # the commit itself failed: nothing in the batch is durable
                 results = [(False, exc)] * len(batch)
                 if isinstance(exc, asyncio.CancelledError):
@@ -321,27 +369,45 @@ class SqliteAccessor:
             finally:
                 for _ in batch:
                     queue.task_done()
-            for (_, future), (ok, value) in zip(batch, results, strict=True):
+            for (_, _, future), (ok, value) in zip(batch, results, strict=True):
                 if not future.done():
                     if ok:
                         future.set_result(value)
                     else:
                         future.set_exception(value)
 
-    def _commit(self, jobs: list[Job]) -> list[tuple[bool, Any]]:
+    def _commit(self, jobs: list[tuple[Job, bool]]) -> list[tuple[bool, Any]]:
+        """Run ``jobs`` in one transaction and commit it; each job's outcome is (ok, result or exception).
+
+        A job that may fail half-way runs in a savepoint, rolled back when it fails. The others
+        (see ``_run``) skip the savepoint's two statements and its copies of the pages they change;
+        that such a job failed without changing anything is checked, not assumed: if it did change
+        something (an I/O error between two statements, say), the batch cannot be kept without
+        that partial job, so the whole transaction is rolled back and every job in it fails, as
+        when the commit itself fails.
+        """
         conn = self._writer
         assert conn is not None
         results: list[tuple[bool, Any]] = []
         conn.execute("BEGIN IMMEDIATE")
         try:
-            for job in jobs:
-                conn.execute("SAVEPOINT job")
+            for job, savepoint in jobs:
+                if savepoint:
+                    conn.execute("SAVEPOINT job")
+                    try:
+                        results.append((True, job(conn)))
+                    except Exception as exc:
+                        conn.execute("ROLLBACK TO job")
+                        results.append((False, exc))
+                    conn.execute("RELEASE job")
+                    continue
+                changes = conn.total_changes
                 try:
                     results.append((True, job(conn)))
                 except Exception as exc:
-                    conn.execute("ROLLBACK TO job")
+                    if conn.total_changes != changes or not conn.in_transaction:
+                        raise
                     results.append((False, exc))
-                conn.execute("RELEASE job")
             conn.execute("COMMIT")
         except BaseException:
             if conn.in_transaction:
@@ -449,7 +515,8 @@ class SqliteAccessor:
                 "INSERT INTO api_keys(id, pod, agent, secret_hash, label, created, revoked)"
                 " VALUES (?, ?, ?, ?, ?, ?, 0)",
                 (key.id, key.pod, key.agent, secret_hash, key.label, key.created),
-            )
+            ),
+            savepoint=False,
         )
 
     async def key_record(self, key_id: str) -> tuple[ApiKey, str] | None:
@@ -488,7 +555,7 @@ class SqliteAccessor:
             cur = conn.execute("UPDATE api_keys SET revoked=1 WHERE pod=? AND id=?", (pod, key_id))
             return cur.rowcount > 0
 
-        result: bool = await self._run(job)
+        result: bool = await self._run(job, savepoint=False)
         return result
 
     async def schema_version(self) -> int:
@@ -500,10 +567,12 @@ class SqliteAccessor:
         return None if row is None else (str(row[0]), bytes(row[1]))
 
     # -- jobs for other SQLite-backed modules (delivery queue) ---------------------------------------
-    async def run_job(self, job: Job) -> Any:
+    async def run_job(self, job: Job, savepoint: bool = True) -> Any:
         """Run ``job(conn)`` in the writer thread, inside a group-commit transaction and savepoint:
-        everything it does commits together (and durably) or not at all."""
-        return await self._run(job)
+        everything it does commits together (and durably) or not at all. A job that raises only
+        before its first change (``write_in`` is such a step) may pass ``savepoint=False`` to skip
+        the savepoint; if it does fail after a change, its whole batch fails (see ``_commit``)."""
+        return await self._run(job, savepoint)
 
     def read_connection(self) -> sqlite3.Connection:
         """The loop-thread read-only connection, for short indexed reads."""
@@ -511,11 +580,11 @@ class SqliteAccessor:
 
     # -- writes ----------------------------------------------------------------------------------
     async def write(self, pod: str, write: Write) -> tuple[Record, bool]:
-        result: tuple[Record, bool] = await self._run(lambda conn: _write(conn, pod, write))
+        result: tuple[Record, bool] = await self._run(lambda conn: _write(conn, pod, write), savepoint=False)
         return result
 
     async def delete(self, pod: str, path: str, expect: str | None = None) -> None:
-        await self._run(lambda conn: _delete(conn, pod, path, expect))
+        await self._run(lambda conn: _delete(conn, pod, path, expect), savepoint=False)
 
     async def create_pod(
         self, pod: str, resources: Sequence[Write], key: tuple[str, bytes] | None = None
@@ -529,7 +598,7 @@ class SqliteAccessor:
             if key is not None:
                 conn.execute("INSERT INTO pod_keys(pod, key_id, private_pem) VALUES (?, ?, ?)", (pod, *key))
             conn.execute("DELETE FROM resources WHERE pod=?", (pod,))
-            _insert(conn, pod, "/", "text/turtle", b"", now)
+            conn.execute(_INSERT, (pod, "/", None, "text/turtle", b"", new_version(), now, now))
             for w in resources:
                 _write(conn, pod, w)
 
