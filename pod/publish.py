@@ -18,7 +18,7 @@ import asyncio
 import json
 import logging
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 from rdflib import URIRef
@@ -194,7 +194,7 @@ class Publisher:
             # nothing was stored. Queue every delivery instead: the worker then records that
             # refusal against that recipient's delivery alone, as for a recipient anywhere else.
             log.info("a local recipient refused an event of %s, queueing its deliveries: %s", pod, exc)
-            deliveries = [replace(d, delivered=False) for d in deliveries]
+            deliveries = [d._replace(delivered=False) for d in deliveries]
             receipts, stored = [], []
             delivered, queued = 0, len(deliveries)
             await self.queue.commit(pod, writes, deliveries)

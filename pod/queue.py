@@ -17,13 +17,15 @@ from __future__ import annotations
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Final, NamedTuple, Protocol
 
 from ldp.accessor import Write
 
 
-@dataclass(frozen=True)
-class NewDelivery:
+class NewDelivery(NamedTuple):
+    """A delivery to queue. A tuple rather than a frozen dataclass: a fan-out makes one per
+    subscriber on every event, and a frozen dataclass costs three times as much to make."""
+
     event_id: str
     sender: str
     kind: str
@@ -34,11 +36,22 @@ class NewDelivery:
     delivered: bool = False  # made in the transaction that queues it: recorded as one successful attempt
 
 
+# ``Receipt.subscriptions`` for forwards taken as they are, the pod's subscriptions unchecked.
+UNCHECKED: Final = "unchecked"
+
+
 @dataclass(frozen=True)
 class Receipt:
-    """A pod's receipt of one event, as ``DeliveryQueue.receive`` records it: the copy and topic
+    """A pod's receipt of one event, as ``DeliveryQueue.receive_many`` records it: the copy and topic
     link written to the pod (``writes``) and the forwards to its subscribers, unless ``pod`` already
-    has ``event_id`` from ``sender`` (a WebID). ``path`` is the copy's path."""
+    has ``event_id`` from ``sender`` (a WebID). ``path`` is the copy's path.
+
+    ``subscriptions`` is the version of the pod's subscriptions document (``pod.subscriptions``)
+    that ``forwards`` were worked out from, None if the pod had none: ``receive_many`` checks it in
+    its transaction and refuses the receipt with ``Outdated`` if the document is no longer that
+    one. A receipt built from a document just read need not be checked (``UNCHECKED``); one built
+    from the version last seen, without reading it again, must be.
+    """
 
     pod: str
     sender: str
@@ -46,6 +59,12 @@ class Receipt:
     path: str
     writes: tuple[Write, ...]
     forwards: tuple[NewDelivery, ...]
+    subscriptions: str | None = UNCHECKED
+
+
+class Outdated(Exception):
+    """A receipt's forwards were worked out from a subscriptions document that has changed since:
+    nothing of it was stored, and it must be worked out again."""
 
 
 @dataclass(frozen=True)
@@ -109,16 +128,20 @@ class DeliveryQueue(Protocol):
         """Store resources and queue their deliveries in one durable transaction.
 
         ``receipts`` are pods on this server receiving what is published, in the same transaction
-        and by the rules of ``receive`` (a copy the pod already has is not stored again); the
+        and by the rules of ``receive_many`` (a copy the pod already has is not stored again); the
         deliveries that bring them are passed as ``delivered``. Returns, for each receipt, whether
         its copy was stored. Either all of it is stored or none.
         """
         ...
 
-    async def receive(self, receipt: Receipt) -> str | None:
-        """Record that ``receipt.pod`` received the event at ``receipt.path``, with the writes and
-        forwards that go with it — unless it already had: then nothing is written and the path of
-        the earlier copy is returned."""
+    async def receive_many(self, receipts: Sequence[Receipt]) -> list[str | Exception | None]:
+        """Record that each ``receipt.pod`` received its event at ``receipt.path``, with the writes
+        and forwards that go with it — unless it already had: then nothing is written and the path
+        of the earlier copy is its result. All in one durable transaction (a batch of events from
+        another server costs one commit, not one per event), each receipt still on its own: None
+        once stored, the earlier copy's path, or the error that refused it (``Outdated`` if its
+        subscriptions changed) — a receipt refused stores nothing and does not stop the others. An
+        error raised instead (the commit failed) means none was stored."""
         ...
 
     async def seen(self, pod: str, sender: str, event_id: str) -> str | None: ...

@@ -17,7 +17,8 @@ import asyncpg
 
 from ldp.accessor import Write
 from ldp.postgres import PostgresAccessor, Tx, write_in
-from pod.queue import Delivery, NewDelivery, Outcome, Receipt
+from pod.queue import UNCHECKED, Delivery, NewDelivery, Outcome, Outdated, Receipt
+from pod.subscriptions import SUBSCRIPTIONS_PATH
 
 _COLUMNS = (
     "id, event_id, sender, kind, recipient, target, secret, payload, state, attempts, next_attempt,"
@@ -26,6 +27,15 @@ _COLUMNS = (
 _INSERT = (
     "INSERT INTO deliveries(event_id, sender, kind, recipient, target, secret, payload, state, attempts,"
     " next_attempt, created, finished) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $10, $11)"
+)
+
+
+# The errors ``PostgresAccessor.transaction`` answers by running the whole job again (a deadlock, a
+# serialization failure, a lost race to create a row): never one receipt's own failure.
+_AGAIN = (
+    asyncpg.exceptions.DeadlockDetectedError,
+    asyncpg.exceptions.SerializationError,
+    asyncpg.exceptions.UniqueViolationError,
 )
 
 
@@ -88,6 +98,32 @@ async def receive_in(tx: Tx, r: Receipt, now: float) -> str | None:
     return None
 
 
+async def _together(tx: Tx, receipts: Sequence[Receipt], now: float) -> list[str | Exception | None] | None:
+    """Apply ``receipts`` in ``tx`` under one savepoint; None, with nothing of them kept, if one fails."""
+    try:
+        async with tx.conn.transaction():
+            return [await receive_in(tx, r, now) for r in receipts]
+    except _AGAIN:
+        raise
+    except Exception:
+        return None
+
+
+async def _apart(tx: Tx, receipts: Sequence[Receipt], now: float) -> list[str | Exception | None]:
+    """Apply ``receipts`` in ``tx`` under a savepoint each: a receipt that fails is undone alone,
+    its error standing as its result."""
+    results: list[str | Exception | None] = []
+    for r in receipts:
+        try:
+            async with tx.conn.transaction():
+                results.append(await receive_in(tx, r, now))
+        except _AGAIN:
+            raise
+        except Exception as exc:
+            results.append(exc)
+    return results
+
+
 class PostgresQueue:
     """DeliveryQueue on the PostgreSQL accessor's transactions."""
 
@@ -121,9 +157,34 @@ class PostgresQueue:
 
         return await self.accessor.transaction(job)
 
-    async def receive(self, receipt: Receipt) -> str | None:
-        async def job(tx: Tx) -> str | None:
-            return await receive_in(tx, receipt, time.time())
+    async def receive_many(self, receipts: Sequence[Receipt]) -> list[str | Exception | None]:
+        async def job(tx: Tx) -> list[str | Exception | None]:
+            # Every pod's lock first, in one order, as ``commit`` takes them: two batches for the
+            # same pods in another order cannot deadlock.
+            for name in sorted({r.pod for r in receipts}):
+                await tx.lock_pod(name)
+            now = time.time()
+            results: list[str | Exception | None] = [None] * len(receipts)
+            checked = [r for r in receipts if r.subscriptions != UNCHECKED]
+            if checked:
+                rows = await tx.conn.fetch(
+                    "SELECT pod, version FROM resources WHERE path=$1 AND pod = ANY($2::text[])",
+                    SUBSCRIPTIONS_PATH,
+                    sorted({r.pod for r in checked}),
+                )
+                current = {str(row["pod"]): str(row["version"]) for row in rows}
+                for i, r in enumerate(receipts):
+                    if r.subscriptions != UNCHECKED and current.get(r.pod) != r.subscriptions:
+                        results[i] = Outdated(f"the subscriptions of {r.pod} changed")
+            todo = [i for i, result in enumerate(results) if result is None]
+            # Under one savepoint first; only if a receipt fails, each under its own (a round trip
+            # or two more per receipt), so that the failure undoes that receipt alone.
+            chosen = [receipts[i] for i in todo]
+            together = await _together(tx, chosen, now)
+            applied = together if together is not None else await _apart(tx, chosen, now)
+            for i, result in zip(todo, applied, strict=True):
+                results[i] = result
+            return results
 
         return await self.accessor.transaction(job)
 

@@ -15,6 +15,7 @@ revoking that grant stops deliveries without editing the list.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -95,12 +96,66 @@ def read_subscriptions(record: Record | None) -> list[Subscription]:
         return []
 
 
-async def subscribers(wac: Wac, pod: str, record: Record | None, topic: Topic) -> list[Subscription]:
-    """Entries matching ``topic`` whose agent may read the topic's container."""
-    matched: list[Subscription] = []
-    for entry in read_subscriptions(record):
-        if any(topic_matches(t, topic) for t in entry.topics) and await wac.allows(
-            pod, [read(topic.container)], entry.agent, None
-        ):
-            matched.append(entry)
-    return matched
+class SubscriptionCache:
+    """Each pod's subscriptions document as last read — its version (None: the pod has none) and
+    its entries, parsed — and which of them match each topic asked about.
+
+    Every event a pod receives needs its subscribers, and a hub's document is long: a thousand
+    subscribers is a thousand entries to decode, validate and match on every event. A document's
+    version changes with every write to it, in any process, so what is kept for a version equal to
+    the stored document's is exactly that document's: ``matching`` parses a changed document
+    afresh the first time it is read. ``remembered`` answers without reading at all, from the
+    version last read: a receipt built on it names that version (``Receipt.subscriptions``), for
+    its transaction to check.
+    """
+
+    def __init__(self, max_pods: int = 16384, max_topics: int = 64) -> None:
+        self.max_pods = max_pods
+        self.max_topics = max_topics
+        # pod -> (version or None, entries, topic -> entries matching it)
+        self._pods: dict[
+            str, tuple[str | None, tuple[Subscription, ...], dict[Topic, tuple[Subscription, ...]]]
+        ] = {}
+
+    def matching(self, pod: str, record: Record | None, topic: Topic) -> tuple[Subscription, ...]:
+        """The entries of ``pod``'s stored document ``record`` (just read) that cover ``topic``."""
+        version = None if record is None else record.version
+        known = self._pods.get(pod)
+        if known is None or known[0] != version:
+            if known is None and len(self._pods) >= self.max_pods:
+                self._pods.pop(next(iter(self._pods)))  # the pod remembered longest ago
+            known = self._pods[pod] = (version, tuple(read_subscriptions(record)), {})
+        return self._for_topic(known[1], known[2], topic)
+
+    def remembered(self, pod: str, topic: Topic) -> tuple[str | None, tuple[Subscription, ...]] | None:
+        """(version, entries covering ``topic``) of ``pod``'s document as last read; None if it was not."""
+        known = self._pods.get(pod)
+        return None if known is None else (known[0], self._for_topic(known[1], known[2], topic))
+
+    def forget(self, pod: str) -> None:
+        self._pods.pop(pod, None)
+
+    def _for_topic(
+        self,
+        entries: tuple[Subscription, ...],
+        by_topic: dict[Topic, tuple[Subscription, ...]],
+        topic: Topic,
+    ) -> tuple[Subscription, ...]:
+        found = by_topic.get(topic)
+        if found is None:
+            if len(by_topic) >= self.max_topics:
+                by_topic.clear()
+            found = by_topic[topic] = _matching(entries, topic)
+        return found
+
+
+def _matching(entries: Iterable[Subscription], topic: Topic) -> tuple[Subscription, ...]:
+    return tuple(e for e in entries if any(topic_matches(t, topic) for t in e.topics))
+
+
+async def permitted(wac: Wac, pod: str, entries: Sequence[Subscription], topic: Topic) -> list[Subscription]:
+    """The ``entries`` whose agent may read the topic's container: an entry takes effect only then."""
+    if not entries:
+        return []  # most pods have no subscribers: no requirement to build
+    needed = [read(topic.container)]
+    return [entry for entry in entries if await wac.allows(pod, needed, entry.agent, None)]
