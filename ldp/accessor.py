@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Container, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from ldp.errors import Conflict
+from ldp.errors import Conflict, NotFound
 from ldp.identifiers import is_container
 
 
@@ -60,6 +60,21 @@ def check_expect(current: str | None, expect: str | None, path: str) -> None:
 def twin_of(path: str) -> str:
     """The other resource of the same name: ``/a`` for ``/a/`` and back; both cannot exist."""
     return path[:-1] if is_container(path) else path + "/"
+
+
+def missing_containers(chain: Sequence[str], existing: Container[str]) -> list[str]:
+    """The containers of ``chain`` (a path's ancestors, root first) that a write must create, given
+    which of them and of their document twins ``existing`` holds. A document where a container
+    must be is a conflict; a missing root means there is no such pod."""
+    missing: list[str] = []
+    for container in chain:
+        if container not in existing:
+            if container != "/" and container[:-1] in existing:
+                raise Conflict(f"{container[:-1]} is a document, not a container")
+            if container == "/":
+                raise NotFound("No such pod")
+            missing.append(container)
+    return missing
 
 
 class _Children(Protocol):

@@ -50,6 +50,7 @@ from ldp.accessor import (
     Write,
     check_expect,
     iterate_children,
+    missing_containers,
     new_version,
     pending,
     twin_of,
@@ -240,14 +241,7 @@ async def write_in(tx: Tx, pod: str, w: Write) -> tuple[Record, bool]:
         return Record(w.path, w.content_type, w.body, version, now), False
     if w.path != "/" and twin_of(w.path) in existing:
         raise Conflict(f"{twin_of(w.path)} already exists; a container and a document cannot share a name")
-    missing: list[str] = []
-    for container in chain:
-        if container not in existing:
-            if container != "/" and container[:-1] in existing:
-                raise Conflict(f"{container[:-1]} is a document, not a container")
-            if container == "/":
-                raise NotFound("No such pod")
-            missing.append(container)
+    missing = missing_containers(chain, existing)
     if missing:
         await conn.executemany(
             _INSERT, [(pod, c, parent_of(c), "text/turtle", b"", new_version(), now) for c in missing]

@@ -38,6 +38,7 @@ from ldp.accessor import (
     Write,
     check_expect,
     iterate_children,
+    missing_containers,
     new_version,
     pending,
     twin_of,
@@ -207,13 +208,7 @@ def _write(conn: sqlite3.Connection, pod: str, w: Write) -> tuple[Record, bool]:
     if parent is not None and parent not in found:
         chain = ancestors(path)
         found = _found(conn, pod, [*chain, *(c[:-1] for c in chain if c != "/")])
-        for container in chain:
-            if container not in found:
-                if container != "/" and container[:-1] in found:
-                    raise Conflict(f"{container[:-1]} is a document, not a container")
-                if container == "/":
-                    raise NotFound("No such pod")
-                missing.append(container)
+        missing = missing_containers(chain, found)
     # Checks done: from here on only changes. New intermediate containers get fresh versions of
     # their own, so of the containers whose membership changes only the nearest existing one is
     # touched.
