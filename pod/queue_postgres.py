@@ -188,12 +188,6 @@ class PostgresQueue:
 
         return await self.accessor.transaction(job)
 
-    async def seen(self, pod: str, sender: str, event_id: str) -> str | None:
-        path = await self.accessor.pool.fetchval(
-            "SELECT path FROM received WHERE pod=$1 AND sender=$2 AND event_id=$3", pod, sender, event_id
-        )
-        return None if path is None else str(path)
-
     async def claim(self, limit: int, now: float | None = None) -> list[Delivery]:
         at = time.time() if now is None else now
         # Rows another worker is claiming right now are locked: skipped, not waited for. Once that

@@ -200,16 +200,6 @@ class SqliteQueue:
         )
         return results
 
-    async def seen(self, pod: str, sender: str, event_id: str) -> str | None:
-        row = (
-            self.accessor.read_connection()
-            .execute(
-                "SELECT path FROM received WHERE pod=? AND sender=? AND event_id=?", (pod, sender, event_id)
-            )
-            .fetchone()
-        )
-        return None if row is None else str(row[0])
-
     async def for_event(self, event_id: str) -> list[Delivery]:
         rows = (
             self.accessor.read_connection()
