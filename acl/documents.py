@@ -11,6 +11,7 @@ failing cannot overwrite the copy another has just cached.
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections import OrderedDict
 
@@ -35,6 +36,21 @@ class DocumentRefused(DocumentError):
     again will not help."""
 
 
+class DocumentUnavailable(DocumentError):
+    """The document's server could not be reached or answered with a server error (5xx, 408, 429).
+
+    Answered ``503`` with ``Retry-After`` rather than 401: the client did nothing wrong, and a pod
+    delivering an event signed with a key in that profile must retry later rather than record a
+    final refusal (RFC 9110 §15.6.4: 503 "indicates that the server is currently unable to handle
+    the request due to a temporary overload or scheduled maintenance, which will likely be
+    alleviated after some delay")."""
+
+    status = 503
+
+    def __init__(self, message: str, retry_after: int = 30) -> None:
+        super().__init__(message, headers={"Retry-After": str(retry_after)})
+
+
 class Documents:
     def __init__(
         self,
@@ -51,7 +67,7 @@ class Documents:
         self.ttl = ttl
         self.failure_ttl = failure_ttl
         self.max_entries = max_entries
-        self._cache: OrderedDict[str, tuple[float, Graph | str]] = OrderedDict()
+        self._cache: OrderedDict[str, tuple[float, Graph | DocumentError]] = OrderedDict()
         self._fetching: dict[str, asyncio.Future[Graph]] = {}
 
     async def graph(self, url: str) -> Graph:
@@ -64,9 +80,10 @@ class Documents:
                 raise DocumentError(f"Document {doc} not found")
             return self.store.graph_of(local.pod, record)
         cached = self._cache.get(doc)
-        if cached is not None and cached[0] > time.monotonic():
-            if isinstance(cached[1], str):
-                raise DocumentError(cached[1])
+        now = time.monotonic()
+        if cached is not None and cached[0] > now:
+            if isinstance(cached[1], DocumentError):
+                raise _fresh(cached[1], cached[0] - now)
             return cached[1]
         fetching = self._fetching.get(doc)
         if fetching is None:
@@ -81,12 +98,12 @@ class Documents:
         except DocumentRefused:
             raise
         except DocumentError as exc:
-            self._remember(doc, time.monotonic() + self.failure_ttl, exc.message)
+            self._remember(doc, time.monotonic() + self.failure_ttl, exc)
             raise
         self._remember(doc, time.monotonic() + self.ttl, graph)
         return graph
 
-    def _remember(self, doc: str, until: float, value: Graph | str) -> None:
+    def _remember(self, doc: str, until: float, value: Graph | DocumentError) -> None:
         self._cache[doc] = (until, value)
         self._cache.move_to_end(doc)
         while len(self._cache) > self.max_entries:
@@ -103,7 +120,9 @@ class Documents:
         except BlockedAddress as exc:
             raise DocumentRefused(f"Cannot fetch {doc}: {exc}") from None
         except OutboundError as exc:
-            raise DocumentError(f"Cannot fetch {doc}: {exc}") from None
+            raise DocumentUnavailable(f"Cannot fetch {doc}: {exc}", round(self.failure_ttl)) from None
+        if response.status >= 500 or response.status in (408, 429):
+            raise DocumentUnavailable(f"Cannot fetch {doc}: HTTP {response.status}", round(self.failure_ttl))
         if not 200 <= response.status < 300:
             raise DocumentError(f"Cannot fetch {doc}: HTTP {response.status}")
         media = normalize_media_type(response.headers.get("Content-Type")) or "text/turtle"
@@ -125,3 +144,11 @@ class Documents:
         except DocumentError:
             return frozenset()
         return frozenset(str(o) for o in graph.objects(URIRef(group), VCARD.hasMember))
+
+
+def _fresh(exc: DocumentError, remaining: float) -> DocumentError:
+    """A new exception like the remembered one (raising one instance from many requests would chain
+    their tracebacks onto it); a retry is worth it once the failure is no longer remembered."""
+    if isinstance(exc, DocumentUnavailable):
+        return DocumentUnavailable(exc.message, max(1, math.ceil(remaining)))
+    return type(exc)(exc.message)

@@ -17,7 +17,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from acl.documents import DocumentError, Documents
+from acl.documents import DocumentError, Documents, DocumentUnavailable
 from ldp.identifiers import PodLocator
 from ldp.store import ResourceStore
 from pod.outbound import OutboundClient
@@ -97,7 +97,67 @@ async def test_a_failed_fetch_is_shared_and_remembered_briefly() -> None:
     profiles = Profiles([0.1], failing=frozenset({0}))
     async with serving(profiles) as (documents, webid):
         results = await asyncio.gather(*(documents.graph(webid) for _ in range(5)), return_exceptions=True)
-        assert all(isinstance(r, DocumentError) and "HTTP 500" in r.message for r in results)
+        assert all(isinstance(r, DocumentUnavailable) and "HTTP 500" in r.message for r in results)
         with pytest.raises(DocumentError, match="HTTP 500"):
             await documents.graph(webid)  # from the failure cache
         assert profiles.gets == 1
+
+
+@pytest.mark.parametrize(
+    ("status", "unavailable"),
+    [
+        (500, True),
+        (502, True),
+        (503, True),
+        (408, True),
+        (429, True),
+        (404, False),
+        (410, False),
+        (403, False),
+    ],
+)
+async def test_a_server_error_is_unavailable_and_a_refusal_is_not(status: int, unavailable: bool) -> None:
+    """Server trouble is 503 with Retry-After (the request may succeed later); a document that is
+    not there is 401 (the credentials it was to confirm cannot be)."""
+
+    async def handle(request: web.Request) -> web.Response:
+        return web.Response(status=status, text="no")
+
+    app = web.Application()
+    app.router.add_get("/alice/profile", handle)
+    server = TestServer(app, host="127.0.0.1")
+    await server.start_server()
+    client = OutboundClient(allow_loopback=True)
+    try:
+        documents = Documents(
+            cast(ResourceStore, None), PodLocator("http://pod.test/"), client, failure_ttl=20
+        )
+        with pytest.raises(DocumentError) as raised:
+            await documents.graph(str(server.make_url("/alice/profile#me")))
+        assert isinstance(raised.value, DocumentUnavailable) is unavailable
+        assert raised.value.status == (503 if unavailable else 401)
+        assert f"HTTP {status}" in raised.value.message
+        if unavailable:
+            assert raised.value.headers == {"Retry-After": "20"}
+    finally:
+        await client.close()
+        await server.close()
+
+
+async def test_an_unreachable_server_is_unavailable() -> None:
+    server = TestServer(web.Application(), host="127.0.0.1")
+    await server.start_server()
+    url = str(server.make_url("/alice/profile#me"))
+    await server.close()  # nothing listens there any more
+    client = OutboundClient(allow_loopback=True)
+    try:
+        documents = Documents(cast(ResourceStore, None), PodLocator("http://pod.test/"), client)
+        with pytest.raises(DocumentUnavailable) as raised:
+            await documents.graph(url)
+        assert raised.value.status == 503 and raised.value.headers["Retry-After"] == "30"
+        with pytest.raises(DocumentUnavailable) as cached:
+            await documents.graph(url)  # remembered: Retry-After is the time the failure has left
+        assert 1 <= int(cached.value.headers["Retry-After"]) <= 30
+        assert cached.value is not raised.value
+    finally:
+        await client.close()

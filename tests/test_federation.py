@@ -215,6 +215,37 @@ def test_signed_deliveries_verified_against_the_senders_profile(procs: Procs) ->
     assert received_count(b) == 1
 
 
+def test_a_sender_profile_that_cannot_be_fetched_is_503_not_401(procs: Procs) -> None:
+    """A receiver that cannot reach the sending pod's profile right now cannot verify the signature,
+    but nothing is wrong with the request: 503 with Retry-After, which the sender retries, where a
+    401 would make it record a final refusal and lose the event. A profile that is there but has no
+    such key (or a document that is not there) is the sender's fault: 401."""
+    a, b = servers(procs, ("a", "producer"), ("b", "recv"))
+    b.cli("grant", "recv", "--agent", a.webid("producer"), "--publish", "realestate").check()
+    inbox_url = b.url("recv", "inbox/")
+    key = stored_pod_key(a, "producer")
+
+    def post(signing: PodKey) -> Response:
+        doc = {"id": a.url("producer", "publish/" + secrets.token_hex(16)), "topic": TOPIC, "data": DATA}
+        body = json.dumps(doc).encode()
+        headers = {"Content-Type": "application/ld+json"}
+        headers.update(sign_request(signing, "POST", inbox_url, headers, body))
+        return request("POST", inbox_url, headers=headers, body=body)
+
+    missing = post(generate_pod_key(a.url("nobody", "profile/card#pod-key")))
+    assert missing.status == 401, missing.body
+    assert "HTTP 404" in missing.json()["error"]
+
+    a.stop()
+    down = post(key)
+    assert down.status == 503, down.body
+    assert a.url("producer", "profile/card") in down.json()["error"]
+    assert 1 <= int(down.headers["retry-after"]) <= 30
+    again = post(key)  # from the failure cache, with the time it has left
+    assert again.status == 503 and 1 <= int(again.headers["retry-after"]) <= 30
+    assert inbox(b, "recv") == [] and received_count(b) == 0
+
+
 # -- 3. the sender crashes mid fan-out ---------------------------------------------------------------
 
 
