@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gc
 import logging
 from collections.abc import AsyncIterator
 from typing import Any
@@ -20,6 +19,7 @@ from ldp.errors import Conflict
 from ldp.store import ResourceStore
 from pod.backend import open_backend
 from pod.batch_inbox import install_batch_inbox
+from pod.collector import QuietCollector
 from pod.config import Config
 from pod.cors import add_cors_headers, preflight_middleware
 from pod.delivery import DeliveryWorker
@@ -27,7 +27,7 @@ from pod.errors import error_middleware
 from pod.handlers import dispatch
 from pod.inbox import Inbox
 from pod.notifications import Notifications
-from pod.observability import install_operations, observe_middleware
+from pod.observability import OPERATIONS, install_operations, observe_middleware
 from pod.outbound import OutboundClient, OutboundError
 from pod.pods import create_pod
 from pod.publish import Publisher, RemoteTopicCheck
@@ -36,6 +36,7 @@ from pod.state import (
     API_KEYS,
     AUTHENTICATOR,
     AUTHORIZER,
+    COLLECTOR,
     CONFIG,
     DOCUMENTS,
     INBOX_RECEIVER,
@@ -127,12 +128,23 @@ async def _storage(app: web.Application) -> AsyncIterator[None]:
     await backend.close()
 
 
-async def _freeze_startup_heap(app: web.Application) -> None:
-    """Take what starting allocated (modules, bundled contexts, parsed templates) out of the
-    garbage collector's sight. A full collection otherwise walks all of it: under a write load
-    those pauses reached tens of milliseconds and set the p99 latency."""
-    gc.collect()
-    gc.freeze()
+async def _start_collector(app: web.Application) -> None:
+    """Full garbage collections at quiet moments (``pod.collector``), counted from requests
+    answered and deliveries settled. Started after the cleanup contexts, once storage is open and
+    the startup heap is built, so that ``start`` freezes all of it."""
+    metrics = app[OPERATIONS].metrics
+    stats = app[WORKER].stats
+
+    def activity() -> int:
+        return sum(metrics.requests.values()) + stats.delivered + stats.failed + stats.retried
+
+    app[COLLECTOR] = collector = QuietCollector(activity)
+    collector.start()
+
+
+async def _stop_collector(app: web.Application) -> None:
+    if COLLECTOR in app:
+        await app[COLLECTOR].stop()
 
 
 async def _close_sockets(app: web.Application) -> None:
@@ -153,7 +165,8 @@ def create_app(config: Config) -> web.Application:
     app[LOCATOR] = config.locator()
     app.cleanup_ctx.append(_outbound)
     app.cleanup_ctx.append(_storage)
-    app.on_startup.append(_freeze_startup_heap)  # after the cleanup contexts: storage is open
+    app.on_startup.append(_start_collector)  # after the cleanup contexts: storage is open
+    app.on_cleanup.append(_stop_collector)
     app.on_response_prepare.append(add_cors_headers)
     app.on_shutdown.append(_close_sockets)
     install_operations(app, config)  # /.health, /.metrics: server routes before the pods' catch-all

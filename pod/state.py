@@ -14,6 +14,7 @@ from acl.wac import Permissions
 from ldp.identifiers import PodLocator
 from ldp.patch import Patch
 from ldp.store import ResourceStore
+from pod.collector import QuietCollector
 from pod.config import Config
 from pod.delivery import DeliveryWorker
 from pod.inbox import Inbox
@@ -37,6 +38,7 @@ WORKER = web.AppKey("worker", DeliveryWorker)
 PUBLISHER = web.AppKey("publisher", Publisher)
 INBOX_RECEIVER = web.AppKey("inbox", Inbox)
 NOTIFICATIONS: web.AppKey[Notifications] = web.AppKey("notifications")
+COLLECTOR = web.AppKey("collector", QuietCollector)
 
 # Per-request state, set before the handler runs.
 CREDENTIALS = web.RequestKey("credentials", Credentials)
