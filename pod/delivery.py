@@ -38,6 +38,7 @@ log = logging.getLogger("pod.delivery")
 
 LocalReceive = Callable[[str, str, dict[str, object]], Awaitable[object]]
 PodKeyLoader = Callable[[str], Awaitable[tuple[str, bytes] | None]]
+_INBOXES_REMEMBERED = 8192
 
 
 class Retry(Exception):
@@ -83,6 +84,7 @@ class DeliveryWorker:
         max_backoff: float = 600.0,
         concurrency: int = 64,
         batched: int = 1024,
+        batch_claim: int = 256,
         timeout: float = 10.0,
     ) -> None:
         self.queue = queue
@@ -95,6 +97,7 @@ class DeliveryWorker:
         self.max_backoff = max_backoff
         self.concurrency = concurrency
         self.batched = batched
+        self.batch_claim = batch_claim
         self.timeout = timeout
         self.stats = Stats()
         self._wake = asyncio.Event()
@@ -104,6 +107,11 @@ class DeliveryWorker:
         self._running: set[asyncio.Task[None]] = set()
         self._own_requests = 0  # deliveries in flight that are not riding in a batch
         self._freed = asyncio.Event()  # a delivery finished or joined a batch
+        self._claimed = 0  # how many the last claim took
+        self._joined = 0  # how many of them have joined a batch so far
+        self._outcomes: list[tuple[int, str, str, float | None]] = []  # to record in the next write
+        self._recorded: asyncio.Future[None] | None = None  # that write, once scheduled
+        self._inboxes: dict[str, tuple[object, str]] = {}  # WebID -> (profile graph, its ldp:inbox)
         self.sender = InboxSender(outbound, timeout=timeout)
 
     def notify(self) -> None:
@@ -151,14 +159,23 @@ class DeliveryWorker:
         counting there — the batch is one request — and the loop claims the next ones at once, so
         a fan-out leaves in batches as fast as it is claimed; ``batched`` bounds how many ride in
         batches at a time (each holds a lease meanwhile), and so how many go out one by one at once
-        when a receiver refuses a batch as a whole.
+        when a receiver refuses a batch as a whole. While everything a claim took leaves in
+        batches, the next claim takes up to ``batch_claim``: a claim is a write, and a fan-out of a
+        thousand then leaves in a few rounds rather than sixteen.
         """
         running = self._running
         while True:
             self._wake.clear()
             self._freed.clear()
-            capacity = min(self.concurrency - self._own_requests, self.batched - len(running))
+            room = self.batched - len(running)
+            if self._claimed and self._joined >= self._claimed:
+                # Everything the last claim took left in batches: this is a fan-out to servers that
+                # take them, and claiming in larger rounds sends it sooner (a claim is a write).
+                capacity = min(room, self.batch_claim)
+            else:
+                capacity = min(self.concurrency - self._own_requests, room)
             claimed = await self._claim(capacity) if capacity > 0 else []
+            self._claimed, self._joined = len(claimed), 0
             for delivery in claimed:
                 self._in_flight.add(delivery.id)
                 self._own_requests += 1
@@ -189,19 +206,24 @@ class DeliveryWorker:
         counted = True
 
         def release() -> None:
-            """Stop counting this delivery toward ``concurrency``: it joined a batch, or it is over."""
+            """Stop counting this delivery toward ``concurrency``: it is over."""
             nonlocal counted
             if counted:
                 counted = False
                 self._own_requests -= 1
                 self._freed.set()
 
+        def joined() -> None:
+            """It joined a batch: it makes no request of its own."""
+            self._joined += 1
+            release()
+
         try:
             try:
                 if delivery.kind == "webhook":
                     await self._webhook(delivery)
                 else:
-                    await self._inbox(delivery, release)
+                    await self._inbox(delivery, joined)
             except (Refused, DocumentRefused, BlockedAddress) as exc:
                 self.stats.failed += 1
                 outcome = (delivery.id, "failed", str(exc), None)
@@ -230,10 +252,36 @@ class DeliveryWorker:
             else:
                 self.stats.delivered += 1
                 outcome = (delivery.id, "delivered", "", None)
-            await self.queue.finish([outcome])
+            await self._record(outcome)
         finally:
             release()
             self._in_flight.discard(delivery.id)
+
+    async def _record(self, outcome: tuple[int, str, str, float | None]) -> None:
+        """Record an outcome in the queue, in one write with the others settled in the same turn
+        of the event loop (a batch answer settles up to a hundred at once): a write per delivery
+        was most of what the writer did during a fan-out. Returns once it is committed."""
+        self._outcomes.append(outcome)
+        if self._recorded is None:
+            self._recorded = asyncio.get_running_loop().create_future()
+            asyncio.get_running_loop().call_soon(self._write_outcomes, self._recorded)
+        # Shielded: a delivery cancelled meanwhile (stop()) must not cancel the others' write.
+        await asyncio.shield(self._recorded)
+
+    def _write_outcomes(self, done: asyncio.Future[None]) -> None:
+        outcomes, self._outcomes, self._recorded = self._outcomes, [], None
+
+        def settle(write: asyncio.Future[None]) -> None:
+            if done.cancelled():
+                return
+            if write.cancelled():
+                done.cancel()
+            elif (exc := write.exception()) is not None:
+                done.set_exception(exc)
+            else:
+                done.set_result(None)
+
+        asyncio.ensure_future(self.queue.finish(outcomes)).add_done_callback(settle)
 
     async def key_for(self, pod: str) -> PodKey:
         """The pod's signing key (loaded once)."""
@@ -267,10 +315,18 @@ class DeliveryWorker:
         self._judge(response.status, response.body)
 
     async def _discover_inbox(self, webid: str) -> str:
+        """The ``ldp:inbox`` of ``webid``, from its profile (cached by ``Documents``); what was
+        found in a graph is remembered while the cache holds that same graph."""
         graph = await self.documents.graph(webid)
+        known = self._inboxes.get(webid)
+        if known is not None and known[0] is graph:
+            return known[1]
         inboxes = [str(o) for o in graph.objects(URIRef(webid), LDP.inbox)]
         if not inboxes:
             raise Refused(f"{webid} has no ldp:inbox")
+        if len(self._inboxes) >= _INBOXES_REMEMBERED:
+            self._inboxes.clear()
+        self._inboxes[webid] = (graph, inboxes[0])
         return inboxes[0]
 
     async def _webhook(self, delivery: Delivery) -> None:

@@ -43,6 +43,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
 from yarl import URL
@@ -78,8 +79,10 @@ class _Item:
     batched: Callable[[], None] | None
 
 
+@lru_cache(maxsize=4096)
 def origin_of(url: str) -> str | None:
-    """``scheme://host[:port]`` of an absolute http(s) URL, as yarl normalises it; None otherwise."""
+    """``scheme://host[:port]`` of an absolute http(s) URL, as yarl normalises it; None otherwise.
+    Asked for every remote delivery, of a few thousand inboxes at most at a time: remembered."""
     try:
         parsed = URL(url)
         if not parsed.absolute or parsed.scheme not in ("http", "https") or not parsed.raw_host:
