@@ -9,13 +9,13 @@ than a fork.
 from __future__ import annotations
 
 import asyncio
-import os
 from collections.abc import AsyncIterator, Container, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
 from ldp.errors import Conflict, NotFound
 from ldp.identifiers import is_container
+from ldp.names import random_hex
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,7 +41,7 @@ ABSENT = ""  # expect: the resource does not exist
 
 
 def new_version() -> str:
-    return os.urandom(8).hex()
+    return random_hex(8)
 
 
 def check_expect(current: str | None, expect: str | None, path: str) -> None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import re
-import uuid
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -21,6 +20,7 @@ from rdflib import Graph, URIRef
 from ldp.accessor import ABSENT, Record, StorageAccessor, VersionMismatch, Write
 from ldp.errors import BadRequest, Conflict, MethodNotAllowed, NotFound, UnsupportedMediaType
 from ldp.identifiers import PodLocator, check_segment, is_acl, is_container, parent_of
+from ldp.names import new_name
 from ldp.patch import Patch, parse_patch
 from ldp.preconditions import check_write, etag
 from ldp.rdf import is_rdf_type, parse_rdf, serialize_rdf, validate_rdf
@@ -200,7 +200,7 @@ class ResourceStore:
         _refuse_reserved(container)
         name = self._name_from_slug(slug)
         for _ in range(_RETRIES):
-            candidate = name or uuid.uuid4().hex
+            candidate = name or new_name()
             path = container + candidate + ("/" if as_container else "")
             ctype, stored = self._validated_body(pod, path, content_type, body)
             try:

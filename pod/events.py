@@ -12,9 +12,7 @@ match on them.
 from __future__ import annotations
 
 import json
-import os
 import re
-import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -23,6 +21,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from ldp.errors import BadRequest
+from ldp.names import new_name
 
 EVENTS_CONTEXT = "https://w3id.org/solid-pod/events/v1"
 TOPIC_ROOT = "/event/topic/"
@@ -147,53 +146,10 @@ def validate_batch(parsed: object) -> list[EventRequest]:
     return [validate_event(parsed)]
 
 
-class _Names:
-    """Names for events and their copies: 32 hex digits, the time in milliseconds (12 digits)
-    followed by 80 random bits (20 digits), drawn from the system CSPRNG a block at a time.
-
-    The time first makes names that sort in the order they were made, so each publish adds its
-    event, its copies, their topic links and its delivery records at the end of the ranges of the
-    database's indexes that they share (paths, event ids), where the publishes committed together
-    share a few pages; wholly random names put each of them on a page of its own, and a group
-    commit wrote about eight pages of the log per publish. Eighty random bits keep names
-    unguessable and distinct across processes.
-
-    One ``os.urandom`` call per name would be a system call that releases the GIL, which the event
-    loop then waits to get back from the database writer thread: buffering makes it one per
-    ``_BLOCK`` names. A forked child (``pod serve --workers``) starts with an empty buffer, so no
-    two processes hand out the same bytes.
-    """
-
-    _RANDOM = 10
-    _BLOCK = 256
-
-    def __init__(self) -> None:
-        self._buffer = b""
-        self._at = 0
-        self._lock = threading.Lock()  # names may be drawn from any thread
-        os.register_at_fork(after_in_child=self._forget)
-
-    def _forget(self) -> None:
-        self._buffer, self._at = b"", 0
-        self._lock = threading.Lock()
-
-    def next(self) -> str:
-        with self._lock:
-            at = self._at
-            if at + self._RANDOM > len(self._buffer):
-                self._buffer, at = os.urandom(self._RANDOM * self._BLOCK), 0
-            self._at = at + self._RANDOM
-            random = self._buffer[at : at + self._RANDOM]
-        return f"{time.time_ns() // 1_000_000 & 0xFFFF_FFFF_FFFF:012x}{random.hex()}"
-
-
-_names = _Names()
-
-
 def new_event_name() -> str:
-    """A fresh name for an event or a copy of one: 32 hex digits, in the order they are made (to
-    the millisecond), unguessable and never repeated."""
-    return _names.next()
+    """A fresh name for an event or a copy of one (``ldp.names.new_name``): 32 hex digits, in the
+    order they are made (to the millisecond), unguessable and never repeated."""
+    return new_name()
 
 
 def now_fields(now: float | None = None) -> dict[str, Any]:
