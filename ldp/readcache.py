@@ -46,6 +46,7 @@ class ReadCache:
         self.max_item_bytes = max_item_bytes
         self.hits = 0
         self.misses = 0
+        self.generation = 0  # counts clears (see put)
 
     def _validate(self) -> None:
         if self._checked:
@@ -74,8 +75,12 @@ class ReadCache:
         self.hits += 1
         return entry[0]
 
-    def put(self, key: Hashable, value: Any, size: int = 0) -> None:
-        """Keep ``value`` (read after ``get`` returned ``MISS`` in the same loop pass)."""
+    def put(self, key: Hashable, value: Any, size: int = 0, generation: int | None = None) -> None:
+        """Keep ``value`` (read after ``get`` returned ``MISS`` in the same loop pass, or, when the
+        reading awaited, only if the cache is still at the ``generation`` it had at the ``get``:
+        otherwise the database may have changed after the read and before the cache noticed)."""
+        if generation is not None and generation != self.generation:
+            return
         size += 64  # the entry itself
         if size > self.max_item_bytes:
             return
@@ -91,3 +96,4 @@ class ReadCache:
     def clear(self) -> None:
         self._items.clear()
         self._bytes = 0
+        self.generation += 1

@@ -19,10 +19,12 @@ from typing import Any
 from aiohttp import hdrs, web
 
 from acl.modes import read
+from ldp.accessor import Record
 from ldp.conneg import parse_accept
 from ldp.errors import BadRequest, Forbidden, MethodNotAllowed, Unauthorized
-from ldp.identifiers import Target
+from ldp.identifiers import PodLocator, Target
 from ldp.rdf import normalize_media_type
+from ldp.readcache import MISS, ReadCache
 from pod.auth import require_owner
 from pod.events import TOPIC_FILTER_RE, filter_container, parse_time
 from pod.grants import subscribe
@@ -144,8 +146,26 @@ async def inbox_page(request: web.Request, target: Target) -> web.StreamResponse
         raise BadRequest(f"limit must be between 1 and {MAX_PAGE}")
     after, since = _since(by, query.get("from"))
     app = request.app
-    locator = app[LOCATOR]
-    rows = await app[STORE].accessor.arrivals(target.pod, target.path, after, since, limit)
+    accessor = app[STORE].accessor
+    # The page is a function of the database and the query alone (who may read it was decided
+    # before): where the storage keeps a read cache, the assembled page is kept in it too.
+    cache: ReadCache | None = getattr(accessor, "cache", None)
+    key = ("inbox-page", target.pod, target.path, after, since, limit, fmt)
+    if cache is not None:
+        cached = cache.get(key)
+        if cached is not MISS:
+            return web.Response(body=cached, content_type="application/json")
+        generation = cache.generation
+    rows = await accessor.arrivals(target.pod, target.path, after, since, limit)
+    page = _page(app[LOCATOR], target, rows, fmt, by, after)
+    if cache is not None:
+        cache.put(key, page, len(page), generation)
+    return web.Response(body=page, content_type="application/json")
+
+
+def _page(
+    locator: PodLocator, target: Target, rows: list[tuple[int, Record, float]], fmt: str, by: str, after: int
+) -> bytes:
     # Items are stored JSON (validated when written), so a page is assembled from the stored bytes
     # rather than decoded and encoded again: that was most of the cost of serving a page.
     items: list[bytes] = []
@@ -156,8 +176,7 @@ async def inbox_page(request: web.Request, target: Target) -> web.StreamResponse
         else:
             items.append(json.dumps(locator.url(target.pod, record.path)).encode())
     next_token = str(rows[-1][0]) if rows else (str(after) if by == "token" and after else "")
-    page = b'{"contains": [' + b", ".join(items) + b'], "next": ' + json.dumps(next_token).encode() + b"}"
-    return web.Response(body=page, content_type="application/json")
+    return b'{"contains": [' + b", ".join(items) + b'], "next": ' + json.dumps(next_token).encode() + b"}"
 
 
 def _embeddable(content_type: str, body: bytes) -> bool:

@@ -247,10 +247,16 @@ async def test_inbox_paging(world: World) -> None:
     await world.wait_inbox("user", 8)
     everything = await world.inbox("user", by="timestamp", **{"from": "0"})
     assert len(everything["contains"]) == 8
+    assert await world.inbox("user", by="timestamp", **{"from": "0"}) == everything  # the same page again
+    await world.publish({"recipient": USER, "topic": TOPIC, "data": {"n": 8}})
+    await world.wait_inbox("user", 9)
+    grown = await world.inbox("user", by="timestamp", **{"from": "0"})  # a kept page follows new arrivals
+    assert [e["data"]["n"] for e in grown["contains"][:8]] == [*order, 7]
+    assert grown["contains"][8]["data"]["n"] == 8
     future = await world.inbox("user", by="timestamp", **{"from": str(int(time.time() * 1000) + 3_600_000)})
     assert future["contains"] == []
     by_date = await world.inbox("user", by="datetime", **{"from": "2000-01-01T00:00:00Z"})
-    assert len(by_date["contains"]) == 8
+    assert len(by_date["contains"]) == 9
     bad = await world.client.get(
         "/user/inbox/?by=weird&from=1", headers={"Accept": "application/json", **as_(USER)}
     )
@@ -259,6 +265,8 @@ async def test_inbox_paging(world: World) -> None:
     item = first["contains"][0]["@id"].removeprefix("http://pod.test")
     assert (await world.client.delete(item, headers=as_(USER))).status == 204
     assert [e["data"]["n"] for e in (await world.inbox("user", limit="2"))["contains"]] == order[1:3]
+    after_ack = await world.inbox("user", by="timestamp", **{"from": "0"})  # and acknowledgements
+    assert [e["@id"] for e in after_ack["contains"]] == [e["@id"] for e in grown["contains"][1:]]
     # turtle asks get the LDP listing
     ttl = await world.client.get("/user/inbox/", headers={"Accept": "text/turtle", **as_(USER)})
     assert ttl.headers["Content-Type"].startswith("text/turtle")

@@ -120,3 +120,19 @@ def test_a_new_stamp_empties_the_cache() -> None:
     assert cache.get("k") == "old"
     stamp[0] = 2
     assert cache.get("k") is MISS  # no running loop: the stamp is checked on every read
+
+
+def test_a_value_read_across_a_change_is_not_kept() -> None:
+    """A value computed after an await (the page of an inbox, say) is kept only if the cache was
+    not emptied in between: the database may have changed after it was read."""
+    stamp = [1]
+    cache = ReadCache(lambda: stamp[0])
+    assert cache.get("page") is MISS
+    generation = cache.generation
+    stamp[0] = 2
+    assert cache.get("other") is MISS  # the change is noticed: the cache is emptied
+    cache.put("page", "read before the change", generation=generation)
+    assert cache.get("page") is MISS
+    generation = cache.generation
+    cache.put("page", "read after it", generation=generation)
+    assert cache.get("page") == "read after it"
