@@ -56,6 +56,7 @@ from ldp.accessor import (
     twin_of,
 )
 from ldp.errors import Conflict, NotFound
+from ldp.fair_pool import FairPool
 from ldp.identifiers import ancestors, is_acl, is_container, parent_of
 
 log = logging.getLogger("pod.postgres")
@@ -310,7 +311,7 @@ class PostgresAccessor:
         self.dsn = dsn
         self.pool_size = pool_size
         self.applied: list[Migration] = []  # the schema steps this open applied
-        self._pool: asyncpg.Pool[asyncpg.Record] | None = None
+        self._pool: FairPool | None = None
         self._schema = ""
         self._epoch = 0  # this process's ACL epoch, moved by notifications and local commits
         self._listening = False  # True while notifications are known to arrive
@@ -321,13 +322,14 @@ class PostgresAccessor:
     # -- lifecycle -------------------------------------------------------------------------------
     async def open(self) -> None:
         try:
-            self._pool = await asyncpg.create_pool(
+            pool = await asyncpg.create_pool(
                 self.dsn,
                 min_size=1,
                 max_size=self.pool_size,
                 server_settings=dict(_SETTINGS),
                 reset=_keep_session,
             )
+            self._pool = FairPool(pool, self.pool_size)
             schema = await self._pool.fetchval("SELECT current_schema()")
             if not schema:
                 raise DatabaseError(f"{redact(self.dsn)}: the search_path names no existing schema")
@@ -350,18 +352,18 @@ class PostgresAccessor:
             self._watch = None
         await self._drop_listener()
         if self._pool is not None:
-            pool, self._pool = self._pool, None
+            pool, self._pool = self._pool.pool, None
             try:
                 await asyncio.wait_for(pool.close(), 10.0)
             except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
                 pool.terminate()
 
-    def _require_pool(self) -> asyncpg.Pool[asyncpg.Record]:
+    def _require_pool(self) -> FairPool:
         assert self._pool is not None, "accessor is not open"
         return self._pool
 
     @property
-    def pool(self) -> asyncpg.Pool[asyncpg.Record]:
+    def pool(self) -> FairPool:
         """The connection pool, for short reads by other modules on this database (delivery queue)."""
         return self._require_pool()
 

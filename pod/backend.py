@@ -44,7 +44,7 @@ async def open_backend(config: Config) -> Backend:
         from ldp.postgres import PostgresAccessor
         from pod.queue_postgres import PostgresQueue
 
-        pg = PostgresAccessor(config.database)
+        pg = PostgresAccessor(config.database, config.database_pool)
         await pg.open()
         pg_queue = PostgresQueue(pg, lease=config.delivery_lease)
         await pg_queue.open()

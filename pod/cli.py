@@ -88,6 +88,12 @@ def _common(parser: argparse.ArgumentParser) -> None:
         metavar="URL",
         help="postgresql://user@host/db to run on PostgreSQL (default: the SQLite file in the data dir)",
     )
+    g.add_argument(
+        "--database-pool",
+        dest="database_pool",
+        metavar="N",
+        help="connections each server process keeps to PostgreSQL (default 10)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:

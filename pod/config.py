@@ -52,6 +52,9 @@ class Config:
     # "" keeps the embedded SQLite file under data_dir; "postgresql://user@host/db" runs on PostgreSQL,
     # where several server processes (on one machine or many) can share one database.
     database: str = ""
+    # Connections each server process keeps to PostgreSQL (N workers on M machines: N * M of them,
+    # plus one listener each, within the server's max_connections).
+    database_pool: int = 10
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     @property
@@ -119,6 +122,8 @@ def _validate(cfg: Config) -> Config:
         raise ConfigError(f"invalid workers: {cfg.workers} (1 to 256)")
     if cfg.shutdown_timeout < 0:
         raise ConfigError(f"invalid shutdown_timeout: {cfg.shutdown_timeout}")
+    if not 1 <= cfg.database_pool <= 1000:
+        raise ConfigError(f"invalid database_pool: {cfg.database_pool} (1 to 1000)")
     if cfg.database and not cfg.database.startswith(("postgresql://", "postgres://")):
         raise ConfigError(
             f"invalid database: {cfg.database!r} (expected postgresql://... or empty for SQLite)"
