@@ -150,7 +150,7 @@ async def inbox_page(request: web.Request, target: Target) -> web.StreamResponse
     # The page is a function of the database and the query alone (who may read it was decided
     # before): where the storage keeps a read cache, the assembled page is kept in it too.
     cache: ReadCache | None = getattr(accessor, "cache", None)
-    key = ("inbox-page", target.pod, target.path, after, since, limit, fmt)
+    key = ("inbox-page", target.pod, target.path, by, after, since, limit, fmt)
     if cache is not None:
         cached = cache.get(key)
         if cached is not MISS:
