@@ -429,7 +429,9 @@ def test_accepts(accept: str | None, media_type: str, expected: bool) -> None:
         b"<http://a b> <http://p> <http://o> .",
         b'<http://a> <http://p> "\\uD800" .',
         b"<http://a> <http://p> <<( <http://s> <http://p> <http://o> )>> .",
+        b"<< <http://s> <http://p> <http://o> >> <http://p> <http://o2> .",
         b"\xff\xfe",
+        b"\xef\xbb\xbf<http://a> <http://p> \xff .",
     ],
 )
 @pytest.mark.parametrize("media_type", ["text/turtle", "application/n-triples"])
@@ -446,6 +448,10 @@ def test_validate_accepts_what_parse_accepts() -> None:
     body = b'@prefix ex: <http://ex/> . <#a> ex:p "x"@en, 3, [ ex:q <b> ] .'
     validate_rdf(body, "text/turtle", BASE)
     assert len(parse_rdf(body, "text/turtle", BASE)) == 4
+    # "<<" in a literal is no triple term; a byte order mark is tolerated
+    body = b'\xef\xbb\xbf<#a> <http://ex/p> "a << b", "c >> d" .'
+    validate_rdf(body, "text/turtle", BASE)
+    assert len(parse_rdf(body, "text/turtle", BASE)) == 2
 
 
 # JSON-LD is read by Oxigraph when the document is plain (ldp.jsonld_plain) and by pyld otherwise.
