@@ -282,7 +282,13 @@ def _oxigraph_jsonld(text: str, base: str, terms: bool) -> list[tuple[Node, Node
     triples: list[tuple[Node, Node, Node]] = []
     bnodes: dict[str, BNode] = {}
     try:
-        for quad in ox.parse(text, format=ox.RdfFormat.JSON_LD, base_iri=base):
+        quads = ox.parse(text, format=ox.RdfFormat.JSON_LD, base_iri=base)
+        if not terms and "@graph" not in text and "\\u" not in text:
+            # A plain document names a graph only with the "@graph" keyword, written out (its
+            # context has no keyword aliases): parse to the end without making terms.
+            deque(quads, maxlen=0)
+            return triples
+        for quad in quads:
             if not isinstance(quad.graph_name, ox.DefaultGraph):
                 return None
             if terms:

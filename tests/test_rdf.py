@@ -678,3 +678,18 @@ def test_jsonld_that_breaks_pyld_itself_is_a_400() -> None:
     for check in (parse_rdf, validate_rdf):
         with pytest.raises(BadRequest, match=r"Invalid application/ld\+json"):
             check(body, "application/ld+json", BASE)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        '{"@id": "http://g", "@graph": [{"@id": "http://a", "http://p": "x"}]}',
+        '{"@id": "http://g", "\\u0040graph": [{"@id": "http://a", "http://p": "x"}]}',
+    ],
+)
+def test_a_named_graph_is_refused_however_it_is_written(text: str) -> None:
+    """Validation skips looking at the terms of plain documents without "@graph": an escaped
+    keyword must not slip through."""
+    for check in (validate_rdf, parse_rdf):
+        with pytest.raises(BadRequest, match="named graphs are not supported"):
+            check(text.encode(), "application/ld+json", BASE)
