@@ -20,10 +20,11 @@ import hmac
 import json
 import logging
 import time
+import weakref
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from rdflib import URIRef
+from rdflib import Graph, URIRef
 
 from acl.documents import DocumentError, DocumentRefused, Documents
 from acl.signatures import PodKey, load_pod_key
@@ -111,7 +112,9 @@ class DeliveryWorker:
         self._joined = 0  # how many of them have joined a batch so far
         self._outcomes: list[tuple[int, str, str, float | None]] = []  # to record in the next write
         self._recorded: asyncio.Future[None] | None = None  # that write, once scheduled
-        self._inboxes: dict[str, tuple[object, str]] = {}  # WebID -> (profile graph, its ldp:inbox)
+        # WebID -> (its profile graph, weakly: the Documents cache decides how long graphs live; the
+        # ldp:inbox found in it)
+        self._inboxes: dict[str, tuple[weakref.ref[Graph], str]] = {}
         self.sender = InboxSender(outbound, timeout=timeout)
 
     def notify(self) -> None:
@@ -319,14 +322,14 @@ class DeliveryWorker:
         found in a graph is remembered while the cache holds that same graph."""
         graph = await self.documents.graph(webid)
         known = self._inboxes.get(webid)
-        if known is not None and known[0] is graph:
+        if known is not None and known[0]() is graph:
             return known[1]
         inboxes = [str(o) for o in graph.objects(URIRef(webid), LDP.inbox)]
         if not inboxes:
             raise Refused(f"{webid} has no ldp:inbox")
         if len(self._inboxes) >= _INBOXES_REMEMBERED:
             self._inboxes.clear()
-        self._inboxes[webid] = (graph, inboxes[0])
+        self._inboxes[webid] = (weakref.ref(graph), inboxes[0])
         return inboxes[0]
 
     async def _webhook(self, delivery: Delivery) -> None:

@@ -4,11 +4,14 @@
 from __future__ import annotations
 
 import asyncio
+import gc
+import weakref
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any, cast
 
 import pytest
+import rdflib
 
 from acl.documents import Documents
 from ldp.identifiers import PodLocator
@@ -17,6 +20,8 @@ from pod.delivery import DeliveryWorker
 from pod.outbound import OutboundClient
 from pod.queue import NewDelivery, Outcome
 from pod.queue_sqlite import SqliteQueue
+
+LDP_INBOX = "http://www.w3.org/ns/ldp#inbox"
 
 
 class CountingQueue(SqliteQueue):
@@ -79,3 +84,31 @@ async def test_a_failed_write_fails_every_delivery_in_it(queue: CountingQueue) -
     queue.fail = False
     await worker._record((1, "delivered", "", None))  # the next turn writes again
     assert queue.writes == [5, 1]
+
+
+async def test_remembered_inboxes_do_not_keep_profiles_alive(queue: CountingQueue) -> None:
+    """The inbox found in a profile is remembered while the documents cache holds that profile,
+    and only then: the worker must not keep graphs the cache has let go."""
+    webid = "https://bob.example/profile#me"
+
+    class OneProfile:
+        graph: rdflib.Graph | None = None
+
+        async def graph_of(self, url: str) -> rdflib.Graph:
+            if self.graph is None:
+                self.graph = rdflib.Graph()
+                self.graph.parse(
+                    data=f"<{webid}> <{LDP_INBOX}> <https://bob.example/inbox/> .", format="turtle"
+                )
+            return self.graph
+
+    profiles = OneProfile()
+    worker = worker_for(queue)
+    worker.documents = cast(Documents, type("D", (), {"graph": staticmethod(profiles.graph_of)})())
+    assert await worker._discover_inbox(webid) == "https://bob.example/inbox/"
+    first = weakref.ref(profiles.graph)
+    assert await worker._discover_inbox(webid) == "https://bob.example/inbox/"  # remembered
+    profiles.graph = None  # the cache let the profile go
+    gc.collect()
+    assert first() is None
+    assert await worker._discover_inbox(webid) == "https://bob.example/inbox/"  # found again
