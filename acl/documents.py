@@ -98,7 +98,8 @@ class Documents:
         except DocumentRefused:
             raise
         except DocumentError as exc:
-            self._remember(doc, time.monotonic() + self.failure_ttl, exc)
+            # A copy without the traceback, which would keep the failed fetch's frames alive.
+            self._remember(doc, time.monotonic() + self.failure_ttl, _fresh(exc, self.failure_ttl))
             raise
         self._remember(doc, time.monotonic() + self.ttl, graph)
         return graph
