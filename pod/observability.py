@@ -36,7 +36,7 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from pod.config import Config
-from pod.state import QUEUE, STORE, WORKER
+from pod.state import COLLECTOR, QUEUE, STORE, WORKER
 
 access_log = logging.getLogger("pod.access")
 log = logging.getLogger("pod.observability")
@@ -103,28 +103,31 @@ class Metrics:
     def snapshot_path(self) -> Path | None:
         return None if self.directory is None else self.directory / f"worker-{self.worker}.json"
 
-    def snapshot(self, deliveries: dict[str, int]) -> dict[str, Any]:
+    def snapshot(self, deliveries: dict[str, int], gc: dict[str, float] | None = None) -> dict[str, Any]:
         return {
             "worker": self.worker,
             "pid": os.getpid(),
             "requests": [[m, s, n] for (m, s), n in self.requests.items()],
             "latency": self.latency,
             "deliveries": deliveries,
+            "gc": gc or {},
         }
 
-    def flush(self, deliveries: dict[str, int]) -> None:
+    def flush(self, deliveries: dict[str, int], gc: dict[str, float] | None = None) -> None:
         """Write this process's snapshot atomically (readers never see half a file)."""
         path = self.snapshot_path
         if path is None:
             return
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
         with os.fdopen(fd, "w") as fh:
-            json.dump(self.snapshot(deliveries), fh)
+            json.dump(self.snapshot(deliveries, gc), fh)
         os.replace(tmp, path)
 
-    def snapshots(self, deliveries: dict[str, int]) -> list[dict[str, Any]]:
+    def snapshots(
+        self, deliveries: dict[str, int], gc: dict[str, float] | None = None
+    ) -> list[dict[str, Any]]:
         """This process's live figures and the latest snapshot of every other worker."""
-        mine = self.snapshot(deliveries)
+        mine = self.snapshot(deliveries, gc)
         found = [mine]
         if self.directory is not None:
             for path in sorted(self.directory.glob("worker-*.json")):
@@ -147,8 +150,12 @@ def render(snapshots: Iterable[dict[str, Any]], queue_depth: int | None) -> str:
     requests: dict[tuple[str, int], int] = {}
     latency: dict[str, list[float]] = {}
     deliveries = dict.fromkeys(OUTCOMES, 0)
+    collections, collecting = 0, 0.0
     workers: list[tuple[int, int, int]] = []
     for snap in snapshots:
+        gc = snap.get("gc") or {}
+        collections += int(gc.get("collections", 0))
+        collecting += float(gc.get("seconds", 0.0))
         served = 0
         for method, status, count in snap["requests"]:
             requests[(method, status)] = requests.get((method, status), 0) + count
@@ -201,6 +208,14 @@ def render(snapshots: Iterable[dict[str, Any]], queue_depth: int | None) -> str:
     )
     for outcome in OUTCOMES:
         out.append(f'pod_delivery_attempts_total{{outcome="{outcome}"}} {deliveries[outcome]}')
+    family(
+        "pod_gc_full_collections_total",
+        "counter",
+        "Full garbage collections, run at quiet moments or at least once a minute (pod.collector).",
+    )
+    out.append(f"pod_gc_full_collections_total {collections}")
+    family("pod_gc_full_collection_seconds_total", "counter", "Time the full garbage collections took.")
+    out.append(f"pod_gc_full_collection_seconds_total {_number(collecting)}")
     family("pod_worker_requests_total", "counter", "HTTP requests answered by each server process.")
     for worker, _, served in sorted(workers):
         out.append(f'pod_worker_requests_total{{worker="{worker}"}} {served}')
@@ -224,6 +239,13 @@ class Operations:
 
 
 OPERATIONS = web.AppKey("operations", Operations)
+
+
+def _gc_counts(app: web.Application) -> dict[str, float]:
+    collector = app.get(COLLECTOR)
+    if collector is None:
+        return {}
+    return {"collections": collector.collections, "seconds": collector.pause_seconds}
 
 
 def _delivery_counts(app: web.Application) -> dict[str, int]:
@@ -322,7 +344,7 @@ async def metrics(request: web.Request) -> web.StreamResponse:
             depth = await queue.depth()
         except Exception:  # a broken database must not take the other figures with it
             log.warning("could not read the delivery queue depth", exc_info=True)
-    body = render(app[OPERATIONS].metrics.snapshots(_delivery_counts(app)), depth)
+    body = render(app[OPERATIONS].metrics.snapshots(_delivery_counts(app), _gc_counts(app)), depth)
     response = web.Response(body=body.encode(), headers=_NO_STORE)
     response.headers["Content-Type"] = METRICS_CONTENT_TYPE
     return response
@@ -342,7 +364,7 @@ async def _flusher(app: web.Application) -> AsyncIterator[None]:
         while True:
             await asyncio.sleep(FLUSH_INTERVAL)
             try:
-                ops.metrics.flush(_delivery_counts(app))
+                ops.metrics.flush(_delivery_counts(app), _gc_counts(app))
             except OSError:
                 log.warning("could not write the metrics snapshot", exc_info=True)
 
@@ -352,7 +374,7 @@ async def _flusher(app: web.Application) -> AsyncIterator[None]:
     with contextlib.suppress(asyncio.CancelledError):
         await task
     with contextlib.suppress(OSError):
-        ops.metrics.flush(_delivery_counts(app))
+        ops.metrics.flush(_delivery_counts(app), _gc_counts(app))
 
 
 def install_operations(app: web.Application, config: Config) -> None:

@@ -24,7 +24,7 @@ from pod.cli import _config, build_parser
 from pod.config import ConfigError, load_config
 from pod.observability import BUCKETS, log_handler
 from pod.queue import NewDelivery
-from pod.state import API_KEYS, QUEUE, STORE, WORKER
+from pod.state import API_KEYS, COLLECTOR, QUEUE, STORE, WORKER
 from tests.conftest import ALICE, ClientFactory, make_config
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
@@ -176,6 +176,8 @@ async def test_metrics_count_requests_by_method_and_status_with_a_latency_histog
         "pod_http_request_duration_seconds": "histogram",
         "pod_delivery_queue_depth": "gauge",
         "pod_delivery_attempts_total": "counter",
+        "pod_gc_full_collections_total": "counter",
+        "pod_gc_full_collection_seconds_total": "counter",
         "pod_worker_requests_total": "counter",
         "pod_worker_info": "gauge",
     }
@@ -225,6 +227,25 @@ async def hooks() -> AsyncIterator[tuple[TestServer, list[str]]]:
     await server.start_server()
     yield server, calls
     await server.close()
+
+
+async def test_metrics_count_full_garbage_collections(make_client: ClientFactory) -> None:
+    client = await make_client()
+    app = client.app
+    assert app is not None
+    _, before = await scrape(client)
+    collector = app[COLLECTOR]
+    collector.collect()
+    collector.collect()
+    _, after = await scrape(client)
+    counted = {
+        name: (sample(before, name), sample(after, name))
+        for name in ("pod_gc_full_collections_total", "pod_gc_full_collection_seconds_total")
+    }
+    collections, seconds = counted.values()
+    assert collections[0] is not None and collections[1] == collections[0] + 2
+    assert seconds[0] is not None and seconds[1] is not None and seconds[1] > seconds[0]
+    assert seconds[1] == pytest.approx(collector.pause_seconds)
 
 
 async def test_metrics_show_queue_depth_and_delivery_outcomes(
