@@ -184,7 +184,14 @@ def test_workers_share_one_port_and_stop_together(procs: Procs) -> None:
         return metrics_of(server)
 
     def complete(samples: dict[tuple[str, tuple[tuple[str, str], ...]], float]) -> bool:
-        return (sample(samples, "pod_http_requests_total", method="GET", status="200") or 0) >= 12
+        # Every count must have arrived: the other process's figures are a snapshot written once a
+        # second, so the GETs can all be counted (answered by the scraped process) while that
+        # snapshot still predates some of the PUTs.
+        expected = {("PUT", "201"): 12, ("GET", "200"): 12, ("GET", "401"): len(SECRETS)}
+        return all(
+            (sample(samples, "pod_http_requests_total", method=m, status=st) or 0) >= n
+            for (m, st), n in expected.items()
+        )
 
     samples = wait_for(scraped, complete, timeout=10, interval=0.2)
     assert sample(samples, "pod_http_requests_total", method="PUT", status="201") == 12
