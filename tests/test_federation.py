@@ -108,6 +108,35 @@ def received_count(server: ServerProcess) -> int:
         return int(conn.execute("SELECT COUNT(*) FROM received").fetchone()[0])
 
 
+def delivery_states(server: ServerProcess) -> dict[str, int]:
+    """How many of the server's deliveries are in each state."""
+    with server.db() as conn:
+        return dict(conn.execute("SELECT state, COUNT(*) FROM deliveries GROUP BY state").fetchall())
+
+
+def subscriber_pods(b: ServerProcess, pods: list[str], publisher: str) -> None:
+    """Pods on ``b`` (the first is its demo pod) that let ``publisher`` publish on realestate."""
+    grants = [["grant", p, "--agent", publisher, "--publish", "realestate"] for p in pods]
+    b.cli_many([["create", p] for p in pods[1:]] + grants)
+
+
+def hub(a: ServerProcess, subscribers: list[str]) -> tuple[str, str]:
+    """The pod ``user`` on ``a``, which the producer may publish to and which forwards realestate
+    events to each WebID in ``subscribers``: (its WebID, an API key of the producer)."""
+    setup = [
+        ["create", "user"],
+        ["grant", "user", "--agent", a.webid("producer"), "--publish", "realestate"],
+        ["key", "create", "producer", "--agent", APP, "--json"],
+    ]
+    for webid in subscribers:
+        setup += [
+            ["subscribe", "user", "--agent", webid, "--topic", "realestate"],
+            ["grant", "user", "--agent", webid, "--subscribe", "realestate"],
+        ]
+    key: str = a.cli_many(setup)[2].json()["key"]
+    return a.webid("user"), key
+
+
 # -- 1. the API page's example, across two servers ----------------------------------------------------
 
 
@@ -254,22 +283,8 @@ def test_sender_killed_mid_fan_out_delivers_exactly_once(procs: Procs) -> None:
     sending server is SIGKILLed while the N*K forwards are in flight, then restarted."""
     n_events, subscribers = 30, [f"sub{i}" for i in range(8)]
     a, b = servers(procs, ("a", "producer"), ("b", "sub0"))
-    user = a.webid("user")
-    b.cli_many(
-        [["create", s] for s in subscribers[1:]]
-        + [["grant", s, "--agent", user, "--publish", "realestate"] for s in subscribers]
-    )
-    setup = [
-        ["create", "user"],
-        ["grant", "user", "--agent", a.webid("producer"), "--publish", "realestate"],
-        ["key", "create", "producer", "--agent", APP, "--json"],
-    ]
-    for s in subscribers:
-        setup += [
-            ["subscribe", "user", "--agent", b.webid(s), "--topic", "realestate"],
-            ["grant", "user", "--agent", b.webid(s), "--subscribe", "realestate"],
-        ]
-    key = a.cli_many(setup)[2].json()["key"]
+    subscriber_pods(b, subscribers, a.webid("user"))
+    user, key = hub(a, [b.webid(s) for s in subscribers])
     total = n_events * len(subscribers)
 
     events = [{"recipient": user, "topic": TOPIC, "data": {"n": i}} for i in range(n_events)]
@@ -285,13 +300,9 @@ def test_sender_killed_mid_fan_out_delivers_exactly_once(procs: Procs) -> None:
     a.start()
     wait_for(lambda: received_count(b), lambda count: count >= total, WAIT)
 
-    def delivery_states() -> dict[str, int]:
-        with a.db() as conn:
-            return dict(conn.execute("SELECT state, COUNT(*) FROM deliveries GROUP BY state").fetchall())
-
     # Every queued delivery finishes, none fails. The sender records an outcome just after the
     # receiver has stored the copy, so wait for the records rather than read them at once.
-    states = wait_for(delivery_states, lambda st: st == {"delivered": n_events + total}, WAIT)
+    states = wait_for(lambda: delivery_states(a), lambda st: st == {"delivered": n_events + total}, WAIT)
     assert states == {"delivered": n_events + total}, states
     user_copies = inbox(a, "user")
     assert len(user_copies) == n_events and {e["id"] for e in user_copies} == ids

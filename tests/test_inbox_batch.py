@@ -29,12 +29,14 @@ from tests.test_federation import (
     DATA,
     TOPIC,
     WAIT,
-    api_key,
+    delivery_states,
+    hub,
     inbox,
     publish,
     received_count,
     servers,
     stored_pod_key,
+    subscriber_pods,
 )
 from tests.test_operations import parse_metrics, sample
 
@@ -66,26 +68,8 @@ def test_fan_out_to_another_server_travels_in_batches(procs: Procs) -> None:
     than one POST per subscriber."""
     subscribers = [f"s{i:03d}" for i in range(150)]
     a, b = servers(procs, ("a", "producer"), ("b", "s000"))
-    user = a.webid("user")
-    b.cli_many(
-        [["create", s] for s in subscribers[1:]]
-        + [["grant", s, "--agent", user, "--publish", "realestate"] for s in subscribers]
-    )
-    setup = [
-        ["create", "user"],
-        ["grant", "user", "--agent", a.webid("producer"), "--publish", "realestate"],
-        ["key", "create", "producer", "--agent", "https://crm.example/app#id", "--json"],
-    ]
-    for s in subscribers:
-        setup += [
-            ["subscribe", "user", "--agent", b.webid(s), "--topic", "realestate"],
-            ["grant", "user", "--agent", b.webid(s), "--subscribe", "realestate"],
-        ]
-    key = a.cli_many(setup)[2].json()["key"]
-
-    def states() -> dict[str, int]:
-        with a.db() as conn:
-            return dict(conn.execute("SELECT state, COUNT(*) FROM deliveries GROUP BY state").fetchall())
+    subscriber_pods(b, subscribers, a.webid("user"))
+    user, key = hub(a, [b.webid(s) for s in subscribers])
 
     urls: list[str] = []
     for n in range(2):  # the first fan-out also fetches every subscriber's profile
@@ -97,7 +81,7 @@ def test_fan_out_to_another_server_travels_in_batches(procs: Procs) -> None:
         wait_for(lambda: received_count(b), lambda count: count >= copies, WAIT)  # noqa: B023
         # the user's copies and one forward per subscriber, each delivered at the first attempt
         expected = {"delivered": (n + 1) * (1 + len(subscribers))}
-        assert wait_for(states, lambda found: found == expected, WAIT) == expected  # noqa: B023
+        assert wait_for(lambda: delivery_states(a), lambda found: found == expected, WAIT) == expected  # noqa: B023
         after = posts_answered(b)
     with a.db() as conn:
         assert conn.execute("SELECT MAX(attempts) FROM deliveries").fetchone()[0] == 1
@@ -395,19 +379,7 @@ def test_receivers_that_take_no_batches_get_one_signed_post_per_delivery(
     procs: Procs, stubs: dict[str, Stub]
 ) -> None:
     (a,) = servers(procs, ("a", "producer"))
-    user = a.webid("user")
-    setup = [
-        ["create", "user"],
-        ["grant", "user", "--agent", a.webid("producer"), "--publish", "realestate"],
-    ]
-    for stub in stubs.values():
-        for agent in stub.agents:
-            setup += [
-                ["subscribe", "user", "--agent", stub.webid(agent), "--topic", "realestate"],
-                ["grant", "user", "--agent", stub.webid(agent), "--subscribe", "realestate"],
-            ]
-    a.cli_many(setup)
-    key = api_key(a, "producer")
+    user, key = hub(a, [stub.webid(agent) for stub in stubs.values() for agent in stub.agents])
     everyone = {stub.webid(agent) for stub in stubs.values() for agent in stub.agents}
 
     def forwards(event_url: str) -> dict[str, tuple[str, int]]:
@@ -479,18 +451,7 @@ def test_a_fan_out_is_claimed_on_while_its_batches_are_in_flight(procs: Procs) -
     stub = Stub("take", 200, max_items=MAX_BATCH_ITEMS)
     try:
         (a,) = servers(procs, ("a", "producer"))
-        user = a.webid("user")
-        setup = [
-            ["create", "user"],
-            ["grant", "user", "--agent", a.webid("producer"), "--publish", "realestate"],
-        ]
-        for agent in stub.agents:
-            setup += [
-                ["subscribe", "user", "--agent", stub.webid(agent), "--topic", "realestate"],
-                ["grant", "user", "--agent", stub.webid(agent), "--subscribe", "realestate"],
-            ]
-        a.cli_many(setup)
-        key = api_key(a, "producer")
+        user, key = hub(a, [stub.webid(agent) for agent in stub.agents])
 
         def fan_out(n: int) -> None:
             response = publish(a, "producer", key, {"recipient": user, "topic": TOPIC, "data": {"n": n}})
