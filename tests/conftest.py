@@ -18,6 +18,7 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from pod.app import create_app
+from pod.backend import open_backend
 from pod.config import Config
 from tests.databases import BACKENDS, Databases, close_admin, current, postgres_unavailable, use
 from tests.procs import Procs
@@ -97,3 +98,12 @@ def make_client(backend: Databases, tmp_path: Path, aiohttp_client: ClientFactor
         return await aiohttp_client(create_app(make_config(tmp_path, **overrides)), headers=headers)
 
     return factory
+
+
+@pytest.fixture
+async def store(backend: Databases, tmp_path: Path) -> Any:
+    """The configured backend's accessor, with one empty pod ``p``."""
+    opened = await open_backend(make_config(tmp_path, demo_pod=""))
+    await opened.accessor.create_pod("p", [])
+    yield opened.accessor
+    await opened.close()

@@ -368,14 +368,6 @@ async def test_tests_really_run_on_each_backend(make_client: ClientFactory, back
     assert isinstance(accessor, PostgresAccessor if backend.postgres else SqliteAccessor)
 
 
-@pytest.fixture
-async def store(backend: Databases, tmp_path: Path) -> Any:
-    opened = await open_backend(make_config(tmp_path, demo_pod=""))
-    await opened.accessor.create_pod("p", [])
-    yield opened.accessor
-    await opened.close()
-
-
 async def test_concurrent_writers_keep_the_rules(store: Any) -> None:
     # conditional writes on one version: exactly one wins
     record, _ = await store.write("p", Write("/doc", "text/plain", b"0"))

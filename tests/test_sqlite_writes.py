@@ -23,20 +23,8 @@ from aiohttp.test_utils import TestClient
 from ldp.accessor import ABSENT, Record, VersionMismatch, Write
 from ldp.errors import Conflict, NotFound
 from ldp.sqlite import SqliteAccessor, write_in
-from pod.backend import open_backend
-from tests.conftest import make_config
-from tests.databases import Databases
 
 TTL = "text/turtle"
-
-
-@pytest.fixture
-async def store(backend: Databases, tmp_path: Path) -> Any:
-    """The configured backend's accessor, with one empty pod ``p``."""
-    opened = await open_backend(make_config(tmp_path, demo_pod=""))
-    await opened.accessor.create_pod("p", [])
-    yield opened.accessor
-    await opened.close()
 
 
 @pytest.fixture
