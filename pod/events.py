@@ -21,7 +21,6 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from ldp.errors import BadRequest
-from ldp.names import new_name
 
 EVENTS_CONTEXT = "https://w3id.org/solid-pod/events/v1"
 TOPIC_ROOT = "/event/topic/"
@@ -144,12 +143,6 @@ def validate_batch(parsed: object) -> list[EventRequest]:
                 raise BadRequest(f"{exc.message} (event at index {index})") from None
         return events
     return [validate_event(parsed)]
-
-
-def new_event_name() -> str:
-    """A fresh name for an event or a copy of one (``ldp.names.new_name``): 32 hex digits, in the
-    order they are made (to the millisecond), unguessable and never repeated."""
-    return new_name()
 
 
 def now_fields(now: float | None = None) -> dict[str, Any]:

@@ -34,8 +34,9 @@ from acl.wac import Wac
 from ldp.accessor import StorageAccessor, Write
 from ldp.errors import BadRequest, Forbidden
 from ldp.identifiers import PodLocator
+from ldp.names import new_name
 from ldp.store import ChangeHook
-from pod.events import EVENTS_CONTEXT, NO_TOPIC, EventJson, Topic, is_webid, new_event_name
+from pod.events import EVENTS_CONTEXT, NO_TOPIC, EventJson, Topic, is_webid
 from pod.queue import UNCHECKED, DeliveryQueue, NewDelivery, Outdated, Receipt
 from pod.subscriptions import SUBSCRIPTIONS_PATH, SubscriptionCache, permitted
 
@@ -228,7 +229,7 @@ class Inbox:
         ``receive_many`` to check.
         """
         owner = self.locator.webid(pod)
-        name = new_event_name()
+        name = new_name()
         path = INBOX + name
         # A fresh name is hex, which URLs carry as is: its URL is its container's plus the name.
         url = self.locator.url(pod, INBOX) + name

@@ -31,6 +31,7 @@ from acl.wac import Wac
 from ldp.accessor import Write
 from ldp.errors import BadRequest, PodError, Unauthorized, UnsupportedMediaType
 from ldp.identifiers import PodLocator
+from ldp.names import new_name
 from ldp.rdf import normalize_media_type
 from ldp.store import ChangeHook
 from ldp.vocab import PIM
@@ -41,7 +42,6 @@ from pod.events import (
     EventRequest,
     Topic,
     event_document,
-    new_event_name,
     validate_batch,
 )
 from pod.inbox import JSONLD, Inbox, not_authorized
@@ -170,7 +170,7 @@ class Publisher:
         urls: list[str] = []
         queued = delivered = 0
         for event in events:
-            name = new_event_name()
+            name = new_name()
             path = PUBLISH + name
             url = self.locator.url(pod, PUBLISH) + name  # hex: no escaping, as in the container's URL
             encoded = EventJson.of(event_document(url, event, publisher, api_key_agent))
