@@ -13,7 +13,7 @@ import time
 from collections.abc import Sequence
 
 from ldp.accessor import Write
-from ldp.sqlite import SqliteAccessor, write_in
+from ldp.sqlite import NotFresh, SqliteAccessor, create_fresh_in, write_in
 from pod.queue import UNCHECKED, Delivery, NewDelivery, Outcome, Outdated, Receipt
 from pod.subscriptions import SUBSCRIPTIONS_PATH
 
@@ -56,6 +56,10 @@ def insert_deliveries(conn: sqlite3.Connection, deliveries: Sequence[NewDelivery
     )
 
 
+# A receipt's row in ``received``; inserting it is what finds a duplicate (nothing is inserted).
+_RECEIVED = "INSERT INTO received(pod, sender, event_id, path) VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING"
+
+
 def receive_in(conn: sqlite3.Connection, r: Receipt, now: float) -> str | None:
     """Apply a receipt inside a job's transaction: the path of the earlier copy if the pod already
     has this event from this sender, else None once the copy, its link and its forwards are written.
@@ -64,7 +68,7 @@ def receive_in(conn: sqlite3.Connection, r: Receipt, now: float) -> str | None:
     duplicate is known before anything else is written.
     """
     stored = conn.execute(
-        "INSERT INTO received(pod, sender, event_id, path) VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING",
+        _RECEIVED,
         (r.pod, r.sender, r.event_id, r.path),
     ).rowcount
     if not stored:
@@ -78,14 +82,48 @@ def receive_in(conn: sqlite3.Connection, r: Receipt, now: float) -> str | None:
     return None
 
 
-def _outdated(conn: sqlite3.Connection, r: Receipt) -> bool:
-    """Whether the pod's subscriptions document is no longer the one ``r``'s forwards came from."""
-    if r.subscriptions == UNCHECKED:
+_IN_LIMIT = 500  # pods named in one statement (SQLite takes up to 32,766 parameters)
+
+
+def _outdated(conn: sqlite3.Connection, receipts: Sequence[Receipt]) -> list[Exception | None]:
+    """For each receipt, ``Outdated`` if the pod's subscriptions document is no longer the one its
+    forwards came from, else None; the documents' versions are read a few hundred pods at a time."""
+    pods = sorted({r.pod for r in receipts if r.subscriptions != UNCHECKED})
+    versions: dict[str, str] = {}
+    for at in range(0, len(pods), _IN_LIMIT):
+        chunk = pods[at : at + _IN_LIMIT]
+        versions.update(
+            conn.execute(
+                f"SELECT pod, version FROM resources WHERE path=? AND pod IN ({','.join('?' * len(chunk))})",
+                (SUBSCRIPTIONS_PATH, *chunk),
+            ).fetchall()
+        )
+    return [
+        Outdated(f"the subscriptions of {r.pod} changed")
+        if r.subscriptions != UNCHECKED and versions.get(r.pod) != r.subscriptions
+        else None
+        for r in receipts
+    ]
+
+
+def _receive_fresh(conn: sqlite3.Connection, receipts: Sequence[Receipt], now: float) -> bool:
+    """Store every one of ``receipts`` in a few statements, as ``receive_in`` one by one would: the
+    usual case of a fan-out wave, where none is a duplicate, each writes new documents at fresh
+    names (``Inbox.receipt``) and their containers exist. False when that is not the case, possibly
+    after changing things: the caller rolls back to its savepoint and takes ``receive_in``."""
+    before = conn.total_changes
+    conn.executemany(
+        _RECEIVED,
+        [(r.pod, r.sender, r.event_id, r.path) for r in receipts],
+    )
+    if conn.total_changes - before != len(receipts):
+        return False  # a duplicate (or the same event twice in the batch): answered one by one
+    try:
+        create_fresh_in(conn, [(r.pod, w) for r in receipts for w in r.writes], now)
+    except NotFresh:
         return False
-    row = conn.execute(
-        "SELECT version FROM resources WHERE pod=? AND path=?", (r.pod, SUBSCRIPTIONS_PATH)
-    ).fetchone()
-    return (None if row is None else str(row[0])) != r.subscriptions
+    insert_deliveries(conn, [d for r in receipts for d in r.forwards], now)
+    return True
 
 
 def receive_many_in(
@@ -95,20 +133,24 @@ def receive_many_in(
     changed is refused (``Outdated``) before anything is written, and one whose writes fail is
     undone alone, its error returned in its place.
 
-    A savepoint around each receipt would undo a failure directly, but each one copies every page
-    the receipt touches (the same few index pages, over and over) into the savepoint journal: a
-    third more work per receipt. The receipts are therefore applied under one savepoint and, only
-    if one of them fails (a rare event: a document where a container must go, say), undone
-    together and applied again one savepoint each.
+    The receipts are first stored all at once (``_receive_fresh``), which is the whole of the
+    work when none is a duplicate and every container is there. Otherwise that is undone and
+    they are applied one by one under one savepoint: a savepoint around each receipt would undo a
+    failure directly, but each one copies every page the receipt touches (the same few index
+    pages, over and over) into the savepoint journal, a third more work per receipt. Only if one
+    of them fails (a rare event: a document where a container must go, say) is that undone too
+    and each applied again under a savepoint of its own.
     """
-    results: list[str | Exception | None] = [
-        Outdated(f"the subscriptions of {r.pod} changed") if _outdated(conn, r) else None for r in receipts
-    ]
+    results: list[str | Exception | None] = list(_outdated(conn, receipts))
     todo = [i for i, result in enumerate(results) if result is None]
+    if not todo:
+        return results
     conn.execute("SAVEPOINT receipts")
     try:
-        for i in todo:
-            results[i] = receive_in(conn, receipts[i], now)
+        if not _receive_fresh(conn, [receipts[i] for i in todo], now):
+            conn.execute("ROLLBACK TO receipts")
+            for i in todo:
+                results[i] = receive_in(conn, receipts[i], now)
     except Exception:
         conn.execute("ROLLBACK TO receipts")
         for i in todo:
