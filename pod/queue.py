@@ -127,6 +127,9 @@ class DeliveryQueue(Protocol):
     ) -> list[bool]:
         """Store resources and queue their deliveries in one durable transaction.
 
+        ``writes`` are new documents at fresh names (``ldp.names.new_name``: the published events),
+        which lets a backend store them without looking anything up first.
+
         ``receipts`` are pods on this server receiving what is published, in the same transaction
         and by the rules of ``receive_many`` (a copy the pod already has is not stored again); the
         deliveries that bring them are passed as ``delivered``. Returns, for each receipt, whether

@@ -106,23 +106,29 @@ def _outdated(conn: sqlite3.Connection, receipts: Sequence[Receipt]) -> list[Exc
     ]
 
 
-def _receive_fresh(conn: sqlite3.Connection, receipts: Sequence[Receipt], now: float) -> bool:
-    """Store every one of ``receipts`` in a few statements, as ``receive_in`` one by one would: the
-    usual case of a fan-out wave, where none is a duplicate, each writes new documents at fresh
-    names (``Inbox.receipt``) and their containers exist. False when that is not the case, possibly
-    after changing things: the caller rolls back to its savepoint and takes ``receive_in``."""
-    before = conn.total_changes
-    conn.executemany(
-        _RECEIVED,
-        [(r.pod, r.sender, r.event_id, r.path) for r in receipts],
-    )
-    if conn.total_changes - before != len(receipts):
-        return False  # a duplicate (or the same event twice in the batch): answered one by one
+def _store_fresh(
+    conn: sqlite3.Connection,
+    receipts: Sequence[Receipt],
+    now: float,
+    writes: Sequence[tuple[str, Write]] = (),
+    deliveries: Sequence[NewDelivery] = (),
+) -> bool:
+    """Store every one of ``receipts`` — and ``writes`` (pod, write) and ``deliveries`` with them
+    — in a few statements, as ``receive_in`` one by one would: the usual case of a fan-out wave or
+    a publish, where no receipt is a duplicate, every document is new at a fresh name (the events
+    of ``Publisher.publish``, the copies and links of ``Inbox.receipt``) and their containers
+    exist. False when that is not the case, possibly after changing things: the caller rolls back
+    to its savepoint and takes the one-by-one way."""
+    if receipts:
+        before = conn.total_changes
+        conn.executemany(_RECEIVED, [(r.pod, r.sender, r.event_id, r.path) for r in receipts])
+        if conn.total_changes - before != len(receipts):
+            return False  # a duplicate (or the same event twice in the batch): answered one by one
     try:
-        create_fresh_in(conn, [(r.pod, w) for r in receipts for w in r.writes], now)
+        create_fresh_in(conn, [*writes, *((r.pod, w) for r in receipts for w in r.writes)], now)
     except NotFresh:
         return False
-    insert_deliveries(conn, [d for r in receipts for d in r.forwards], now)
+    insert_deliveries(conn, [*deliveries, *(d for r in receipts for d in r.forwards)], now)
     return True
 
 
@@ -133,7 +139,7 @@ def receive_many_in(
     changed is refused (``Outdated``) before anything is written, and one whose writes fail is
     undone alone, its error returned in its place.
 
-    The receipts are first stored all at once (``_receive_fresh``), which is the whole of the
+    The receipts are first stored all at once (``_store_fresh``), which is the whole of the
     work when none is a duplicate and every container is there. Otherwise that is undone and
     they are applied one by one under one savepoint: a savepoint around each receipt would undo a
     failure directly, but each one copies every page the receipt touches (the same few index
@@ -147,7 +153,7 @@ def receive_many_in(
         return results
     conn.execute("SAVEPOINT receipts")
     try:
-        if not _receive_fresh(conn, [receipts[i] for i in todo], now):
+        if not _store_fresh(conn, [receipts[i] for i in todo], now):
             conn.execute("ROLLBACK TO receipts")
             for i in todo:
                 results[i] = receive_in(conn, receipts[i], now)
@@ -184,6 +190,12 @@ class SqliteQueue:
     ) -> list[bool]:
         def job(conn: sqlite3.Connection) -> list[bool]:
             now = time.time()
+            conn.execute("SAVEPOINT fresh")
+            if _store_fresh(conn, receipts, now, [(pod, w) for w in writes], deliveries):
+                conn.execute("RELEASE fresh")
+                return [True] * len(receipts)
+            conn.execute("ROLLBACK TO fresh")
+            conn.execute("RELEASE fresh")
             for w in writes:
                 write_in(conn, pod, w)
             insert_deliveries(conn, deliveries, now)

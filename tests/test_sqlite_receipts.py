@@ -1,8 +1,9 @@
-"""A wave of receipts stored in a few statements leaves exactly what storing them one by one leaves.
+"""Receipts stored in a few statements leave exactly what storing them one by one leaves.
 
-SQLite's ``receive_many_in`` first stores all of a batch's receipts at once (``_receive_fresh``:
-one statement for their ``received`` rows, one touching their containers, one inserting their
-documents, with no look-ups), and undoes that and goes one by one when it does not apply: a
+SQLite's ``receive_many_in`` (a batch from another server) and ``SqliteQueue.commit`` (a publish
+with recipients on this server) first store everything at once (``_store_fresh``: one statement
+for the ``received`` rows, one touching the containers, one inserting the documents, one for the
+deliveries, with no look-ups), and undo that and go one by one when it does not apply: a
 duplicate, a missing container, a path taken. These tests run the same receipts both ways on two
 databases made alike and compare every row, and check that the short way is the one taken when it
 applies and that each case it does not cover still gets its own answer.
@@ -21,9 +22,9 @@ import pytest
 
 from ldp.accessor import Write
 from ldp.names import new_name
-from ldp.sqlite import SqliteAccessor
+from ldp.sqlite import SqliteAccessor, write_in
 from pod.queue import UNCHECKED, NewDelivery, Outdated, Receipt
-from pod.queue_sqlite import receive_in, receive_many_in
+from pod.queue_sqlite import SqliteQueue, insert_deliveries, receive_in, receive_many_in
 
 SENDER = "https://a.example/hub/profile/card#me"
 TOPIC = "/event/topic/realestate/contact/"
@@ -37,6 +38,7 @@ async def open_pods(path: Path, pods: Sequence[str], topic: bool = True) -> Sqli
     for pod in pods:
         await accessor.create_pod(pod, [])
         await accessor.write(pod, Write("/inbox/", "text/turtle", b""))
+        await accessor.write(pod, Write("/publish/", "text/turtle", b""))
         if topic:
             await accessor.write(pod, Write(TOPIC, "text/turtle", b""))
     return accessor
@@ -221,3 +223,39 @@ async def test_a_receipt_whose_subscriptions_changed_is_refused_and_the_others_s
     assert not looked_up(statements)
     await one_by_one(slow, receipts)
     assert rows(fast) == rows(slow)
+
+
+@pytest.mark.parametrize("complete", [True, False], ids=["containers there", "a topic container missing"])
+async def test_a_publish_with_local_recipients_is_stored_as_one_by_one_would_store_it(
+    complete: bool, twins: tuple[SqliteAccessor, SqliteAccessor]
+) -> None:
+    """``SqliteQueue.commit``: the event in the publisher's /publish/, its deliveries, and the
+    recipients' receipts."""
+    fast, slow = twins
+    if not complete:
+        for accessor in twins:
+            await accessor.create_pod("p5", [])
+    name = new_name()
+    event = "https://a.example/p1/publish/" + name
+    writes = [Write("/publish/" + name, JSONLD, b'{"event": 1}')]
+    recipients = ["p2", "p3"] if complete else ["p2", "p5"]
+    receipts = [receipt(pod, event, i) for i, pod in enumerate(recipients)]
+    deliveries = [
+        NewDelivery(event, "p1", "inbox", f"https://x.example/{pod}/profile/card#me", b"{}", delivered=True)
+        for pod in recipients
+    ]
+    statements: list[str] = []
+    await fast.run_job(lambda conn: conn.set_trace_callback(statements.append))
+    try:
+        assert await SqliteQueue(fast).commit("p1", writes, deliveries, receipts) == [True, True]
+    finally:
+        await fast.run_job(lambda conn: conn.set_trace_callback(None))
+
+    def job(conn: sqlite3.Connection) -> None:
+        write_in(conn, "p1", writes[0])
+        insert_deliveries(conn, deliveries, time.time())
+        assert [receive_in(conn, r, time.time()) for r in receipts] == [None, None]
+
+    await slow.run_job(job)
+    assert rows(fast) == rows(slow)
+    assert bool(looked_up(statements)) is not complete
