@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from ldp.errors import Conflict, NotFound
-from ldp.identifiers import is_container
+from ldp.identifiers import is_acl, is_container, parent_of
 from ldp.names import random_hex
 
 
@@ -136,6 +136,30 @@ class Write:
     content_type: str
     body: bytes
     expect: str | None = None
+
+
+class NotFresh(Exception):
+    """A backend's ``create_fresh_in`` does not apply to these writes (one is not a new document, a
+    container is missing, a path is taken); it may have changed things already, which the caller
+    undoes by rolling back to a savepoint it holds before writing them one by one."""
+
+
+def fresh_documents(
+    items: Sequence[tuple[str, Write]],
+) -> tuple[list[tuple[str, str, str, str, bytes]], list[tuple[str, str]]]:
+    """What a backend's ``create_fresh_in`` writes for (pod, write) ``items``: each document's row
+    (pod, path, container, content type, body) and the containers to touch, (pod, path) in order.
+    Raises :class:`NotFresh` for a write that is not a plain new document (a container, an ACL, a
+    conditional write, the storage root)."""
+    rows: list[tuple[str, str, str, str, bytes]] = []
+    containers: set[tuple[str, str]] = set()
+    for pod, w in items:
+        parent = parent_of(w.path)
+        if parent is None or w.expect is not None or is_container(w.path) or is_acl(w.path):
+            raise NotFresh(w.path)
+        rows.append((pod, w.path, parent, w.content_type, w.body))
+        containers.add((pod, parent))
+    return rows, sorted(containers)
 
 
 class StorageAccessor(Protocol):

@@ -34,9 +34,11 @@ from typing import Any, cast
 from acl.apikeys import ApiKey
 from ldp.accessor import (
     Migration,
+    NotFresh,
     Record,
     Write,
     check_expect,
+    fresh_documents,
     iterate_children,
     missing_containers,
     new_version,
@@ -238,10 +240,6 @@ _INSERT_FRESH = (
 _TOUCH_PATH = f"UPDATE resources SET version={_SQL_VERSION}, modified=? WHERE pod=? AND path=?"
 
 
-class NotFresh(Exception):
-    """:func:`create_fresh_in` does not apply to these writes; it may have changed things already."""
-
-
 def create_fresh_in(conn: sqlite3.Connection, items: Sequence[tuple[str, Write]], now: float) -> None:
     """Create documents at fresh names in containers that exist — what ``write_in`` does for each
     (pod, write) of ``items`` — in two statements however many there are.
@@ -257,20 +255,13 @@ def create_fresh_in(conn: sqlite3.Connection, items: Sequence[tuple[str, Write]]
     container is missing or a path is taken: the caller rolls back to a savepoint it holds and
     writes them with ``write_in``, which creates missing containers and reports conflicts.
     """
-    rows: list[tuple[str, str, str, str, bytes, float, float]] = []
-    containers: set[tuple[str, str]] = set()
-    for pod, w in items:
-        parent = parent_of(w.path)
-        if parent is None or w.expect is not None or is_container(w.path) or is_acl(w.path):
-            raise NotFresh(w.path)
-        rows.append((pod, w.path, parent, w.content_type, w.body, now, now))
-        containers.add((pod, parent))
+    rows, containers = fresh_documents(items)
     before = conn.total_changes
-    conn.executemany(_TOUCH_PATH, [(now, pod, path) for pod, path in sorted(containers)])
+    conn.executemany(_TOUCH_PATH, [(now, pod, path) for pod, path in containers])
     if conn.total_changes - before != len(containers):
         raise NotFresh("a container does not exist")
     try:
-        conn.executemany(_INSERT_FRESH, rows)
+        conn.executemany(_INSERT_FRESH, [(*row, now, now) for row in rows])
     except sqlite3.IntegrityError:
         raise NotFresh("a path is taken") from None
 

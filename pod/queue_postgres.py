@@ -15,8 +15,8 @@ from collections.abc import Sequence
 
 import asyncpg
 
-from ldp.accessor import Write
-from ldp.postgres import PostgresAccessor, Tx, write_in
+from ldp.accessor import NotFresh, Write
+from ldp.postgres import PostgresAccessor, Tx, create_fresh_in, write_in
 from pod.queue import UNCHECKED, Delivery, NewDelivery, Outcome, Outdated, Receipt
 from pod.subscriptions import SUBSCRIPTIONS_PATH
 
@@ -98,6 +98,44 @@ async def receive_in(tx: Tx, r: Receipt, now: float) -> str | None:
     return None
 
 
+_RECEIVED_MANY = (
+    "INSERT INTO received(pod, sender, event_id, path)"
+    " SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[])"
+    " ON CONFLICT DO NOTHING RETURNING 1"
+)
+
+
+async def _store_fresh(
+    tx: Tx,
+    receipts: Sequence[Receipt],
+    now: float,
+    writes: Sequence[tuple[str, Write]] = (),
+    deliveries: Sequence[NewDelivery] = (),
+) -> bool:
+    """Store every one of ``receipts``, and ``writes`` and ``deliveries`` with them, in a few
+    statements under a savepoint: the rules of ``pod.queue_sqlite._store_fresh``. False, with
+    nothing kept, when they do not apply (a duplicate, a missing container, a path taken). The
+    caller holds the locks of every pod written."""
+    conn = tx.conn
+    try:
+        async with conn.transaction():
+            if receipts:
+                claimed = await conn.fetch(
+                    _RECEIVED_MANY,
+                    [r.pod for r in receipts],
+                    [r.sender for r in receipts],
+                    [r.event_id for r in receipts],
+                    [r.path for r in receipts],
+                )
+                if len(claimed) != len(receipts):
+                    raise NotFresh("a duplicate")
+            await create_fresh_in(tx, [*writes, *((r.pod, w) for r in receipts for w in r.writes)], now)
+            await insert_deliveries(tx, [*deliveries, *(d for r in receipts for d in r.forwards)], now)
+    except NotFresh:
+        return False
+    return True
+
+
 async def _together(tx: Tx, receipts: Sequence[Receipt], now: float) -> list[str | Exception | None] | None:
     """Apply ``receipts`` in ``tx`` under one savepoint; None, with nothing of them kept, if one fails."""
     try:
@@ -147,9 +185,10 @@ class PostgresQueue:
             # directions cannot deadlock.
             pods = {pod} if writes else set()
             pods.update(r.pod for r in receipts)
-            for name in sorted(pods):
-                await tx.lock_pod(name)
+            await tx.lock_pods(pods)
             now = time.time()
+            if await _store_fresh(tx, receipts, now, [(pod, w) for w in writes], deliveries):
+                return [True] * len(receipts)
             for w in writes:
                 await write_in(tx, pod, w)
             await insert_deliveries(tx, deliveries, now)
@@ -161,8 +200,7 @@ class PostgresQueue:
         async def job(tx: Tx) -> list[str | Exception | None]:
             # Every pod's lock first, in one order, as ``commit`` takes them: two batches for the
             # same pods in another order cannot deadlock.
-            for name in sorted({r.pod for r in receipts}):
-                await tx.lock_pod(name)
+            await tx.lock_pods(r.pod for r in receipts)
             now = time.time()
             results: list[str | Exception | None] = [None] * len(receipts)
             checked = [r for r in receipts if r.subscriptions != UNCHECKED]
@@ -177,9 +215,14 @@ class PostgresQueue:
                     if r.subscriptions != UNCHECKED and current.get(r.pod) != r.subscriptions:
                         results[i] = Outdated(f"the subscriptions of {r.pod} changed")
             todo = [i for i, result in enumerate(results) if result is None]
-            # Under one savepoint first; only if a receipt fails, each under its own (a round trip
-            # or two more per receipt), so that the failure undoes that receipt alone.
+            if not todo:
+                return results
+            # All at once in a few statements first (the usual case); else one by one under one
+            # savepoint; only if a receipt fails, each under its own (a round trip or two more per
+            # receipt), so that the failure undoes that receipt alone.
             chosen = [receipts[i] for i in todo]
+            if await _store_fresh(tx, chosen, now):
+                return results  # each None: stored
             together = await _together(tx, chosen, now)
             applied = together if together is not None else await _apart(tx, chosen, now)
             for i, result in zip(todo, applied, strict=True):

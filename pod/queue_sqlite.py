@@ -12,8 +12,8 @@ import sqlite3
 import time
 from collections.abc import Sequence
 
-from ldp.accessor import Write
-from ldp.sqlite import NotFresh, SqliteAccessor, create_fresh_in, write_in
+from ldp.accessor import NotFresh, Write
+from ldp.sqlite import SqliteAccessor, create_fresh_in, write_in
 from pod.queue import UNCHECKED, Delivery, NewDelivery, Outcome, Outdated, Receipt
 from pod.subscriptions import SUBSCRIPTIONS_PATH
 

@@ -23,13 +23,11 @@ import pytest
 from ldp.accessor import Write
 from ldp.names import new_name
 from ldp.sqlite import SqliteAccessor, write_in
-from pod.queue import UNCHECKED, NewDelivery, Outdated, Receipt
+from pod.queue import NewDelivery, Outdated, Receipt
 from pod.queue_sqlite import SqliteQueue, insert_deliveries, receive_in, receive_many_in
+from tests.test_receipts import JSONLD, TOPIC, receipt
 
-SENDER = "https://a.example/hub/profile/card#me"
-TOPIC = "/event/topic/realestate/contact/"
 PODS = ("p1", "p2", "p3", "p4")
-JSONLD = "application/ld+json"
 
 
 async def open_pods(path: Path, pods: Sequence[str], topic: bool = True) -> SqliteAccessor:
@@ -54,27 +52,6 @@ async def twins(tmp_path: Path) -> AsyncIterator[tuple[SqliteAccessor, SqliteAcc
     finally:
         await first.close()
         await second.close()
-
-
-def receipt(
-    pod: str, event_id: str, n: int, forwards: int = 0, subscriptions: str | None = UNCHECKED
-) -> Receipt:
-    name = new_name()
-    return Receipt(
-        pod,
-        SENDER,
-        event_id,
-        "/inbox/" + name,
-        (
-            Write("/inbox/" + name, JSONLD, b'{"n": %d, "copy": true}' % n),
-            Write(TOPIC + name, JSONLD, b'{"n": %d, "link": true}' % n),
-        ),
-        tuple(
-            NewDelivery(event_id, pod, "inbox", f"https://s{k}.example/profile/card#me", b'{"n": %d}' % n)
-            for k in range(forwards)
-        ),
-        subscriptions,
-    )
 
 
 async def wave(
