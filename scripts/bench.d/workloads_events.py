@@ -222,6 +222,7 @@ def _fanout(ctx: Context) -> dict[str, Any]:
     def one_round(label: str) -> dict[str, Any]:
         ctx.wait_drained(60)
         base_id = db.execute("SELECT coalesce(max(id), 0) FROM resources").fetchone()[0]
+        cpu_a, cpu_b = server.cpu_seconds() or 0.0, server_b.cpu_seconds() or 0.0
         t0 = time.time()
         status, body, _ = ctx.request("POST", me["publish"], _event(hub_webid), headers)
         t_ack = time.time()
@@ -237,18 +238,24 @@ def _fanout(ctx: Context) -> dict[str, Any]:
                 break
             time.sleep(0.002)
         seen = time.time()
+        # CPU time of each server over the round (the batches' answers included): steadier than
+        # the wall time on a busy host, so rounds on different days can be compared.
+        time.sleep(0.1)
         r = {
             "round": label,
             "copies": count,
             "ack_ms": round((t_ack - t0) * 1000, 1),
             "stored_ms": round(((last or seen) - t0) * 1000, 1),
             "seen_ms": round((seen - t0) * 1000, 1),
+            "cpu_a_ms": round(((server.cpu_seconds() or 0.0) - cpu_a) * 1000),
+            "cpu_b_ms": round(((server_b.cpu_seconds() or 0.0) - cpu_b) * 1000),
         }
         done = "all" if count >= n else f"ONLY {count} of"
         say(
             "fanout",
             f"{label:<6} {done} {n} copies stored {r['stored_ms']:>8.1f} ms after the publish "
-            f"(201 after {r['ack_ms']:.1f} ms; last copy seen by polling B at {r['seen_ms']:.1f} ms)",
+            f"(201 after {r['ack_ms']:.1f} ms; last copy seen by polling B at {r['seen_ms']:.1f} ms; "
+            f"CPU A {r['cpu_a_ms']} ms, B {r['cpu_b_ms']} ms)",
         )
         return r
 
