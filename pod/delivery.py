@@ -40,6 +40,10 @@ log = logging.getLogger("pod.delivery")
 LocalReceive = Callable[[str, str, dict[str, object]], Awaitable[object]]
 PodKeyLoader = Callable[[str], Awaitable[tuple[str, bytes] | None]]
 _INBOXES_REMEMBERED = 8192
+# How long the worker waits, after a claim, for its deliveries to finish joining batches before it
+# claims by free slots instead: they join within a few turns of the loop (their inboxes and keys
+# are known by then), so this only bounds what a claim mixing batches and single requests waits.
+_JOIN_WAIT = 0.05
 
 
 class Retry(Exception):
@@ -110,6 +114,7 @@ class DeliveryWorker:
         self._freed = asyncio.Event()  # a delivery finished or joined a batch
         self._claimed = 0  # how many the last claim took
         self._joined = 0  # how many of them have joined a batch so far
+        self._joining_until = 0.0  # until when to wait for them to join (see _run)
         self._outcomes: list[tuple[int, str, str, float | None]] = []  # to record in the next write
         self._recorded: asyncio.Future[None] | None = None  # that write, once scheduled
         # WebID -> (its profile graph, weakly: the Documents cache decides how long graphs live; the
@@ -175,10 +180,21 @@ class DeliveryWorker:
                 # Everything the last claim took left in batches: this is a fan-out to servers that
                 # take them, and claiming in larger rounds sends it sooner (a claim is a write).
                 capacity = min(room, self.batch_claim)
+            elif 0 < self._joined < self._claimed and time.monotonic() < self._joining_until:
+                # The last claim is on its way into batches: claiming the few slots its first
+                # deliveries freed would send the rest of the fan-out in small claims and batches.
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(self._joining_until - time.monotonic()):
+                        await self._freed.wait()
+                continue
             else:
                 capacity = min(self.concurrency - self._own_requests, room)
             claimed = await self._claim(capacity) if capacity > 0 else []
-            self._claimed, self._joined = len(claimed), 0
+            if capacity > 0:
+                # Only a claim starts a new count: a pass that found no room must not forget how
+                # the last claim's deliveries are leaving.
+                self._claimed, self._joined = len(claimed), 0
+                self._joining_until = time.monotonic() + _JOIN_WAIT
             for delivery in claimed:
                 self._in_flight.add(delivery.id)
                 self._own_requests += 1

@@ -112,3 +112,51 @@ async def test_remembered_inboxes_do_not_keep_profiles_alive(queue: CountingQueu
     gc.collect()
     assert first() is None
     assert await worker._discover_inbox(webid) == "https://bob.example/inbox/"  # found again
+
+
+async def test_a_fan_out_leaving_in_batches_is_claimed_in_large_rounds(
+    queue: CountingQueue, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Once everything a claim took has joined batches, the next claims take up to ``batch_claim``
+    each, round after round: the worker waits for a claim's deliveries to finish joining rather
+    than claiming the slots the first of them free. A fan-out of 700 whose deliveries join over a
+    few turns of the loop is claimed as 64 (``concurrency``), then 256 at a time."""
+    claims: list[int] = []
+    original = queue.claim
+
+    async def counting(limit: int, now: float | None = None) -> Any:
+        taken = await original(limit, now)
+        if taken:
+            claims.append(len(taken))
+        return taken
+
+    monkeypatch.setattr(queue, "claim", counting)
+    event = "http://pod.test/a/publish/e"
+    await queue.commit(
+        "a", [], [NewDelivery(event, "a", "inbox", f"https://s{i}.test/#me", b"{}") for i in range(700)]
+    )
+    worker = worker_for(queue)
+    answered = asyncio.Event()
+    joined = 0
+
+    async def into_a_batch(delivery: Any, batched: Any = None) -> None:
+        nonlocal joined
+        # Deliveries join their batches over a few turns of the loop (finding the inbox and key,
+        # the batch being formed), so the worker looks for room before all of them have.
+        for _ in range(delivery.id % 4):
+            await asyncio.sleep(0)
+        batched()
+        joined += 1
+        await answered.wait()  # the receiver works on the batch
+
+    monkeypatch.setattr(worker, "_inbox", into_a_batch)
+    worker.start()
+    try:
+        async with asyncio.timeout(10):
+            while joined < 700:
+                await asyncio.sleep(0.01)
+        assert claims == [64, 256, 256, 124]
+    finally:
+        answered.set()
+        await worker.stop()
+    assert {d.state for d in await queue.for_event(event)} == {"delivered"}
