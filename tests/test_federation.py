@@ -281,7 +281,7 @@ def test_a_sender_profile_that_cannot_be_fetched_is_503_not_401(procs: Procs) ->
 def test_sender_killed_mid_fan_out_delivers_exactly_once(procs: Procs) -> None:
     """N events to the user's pod, each forwarded to K subscriber pods on another server; the
     sending server is SIGKILLed while the N*K forwards are in flight, then restarted."""
-    n_events, subscribers = 30, [f"sub{i}" for i in range(8)]
+    n_events, subscribers = 100, [f"sub{i}" for i in range(8)]
     a, b = servers(procs, ("a", "producer"), ("b", "sub0"))
     subscriber_pods(b, subscribers, a.webid("user"))
     user, key = hub(a, [b.webid(s) for s in subscribers])
