@@ -15,7 +15,7 @@ claims it. The row stays, so the event's delivery state reads the same and a rep
 from __future__ import annotations
 
 import random
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Final, NamedTuple, Protocol
 
@@ -65,6 +65,22 @@ class Receipt:
 class Outdated(Exception):
     """A receipt's forwards were worked out from a subscriptions document that has changed since:
     nothing of it was stored, and it must be worked out again."""
+
+
+def to_check(receipts: Sequence[Receipt]) -> list[str]:
+    """The pods whose subscriptions document a backend must read to judge ``receipts`` (``outdated``)."""
+    return sorted({r.pod for r in receipts if r.subscriptions != UNCHECKED})
+
+
+def outdated(receipts: Sequence[Receipt], versions: Mapping[str, str]) -> list[Exception | None]:
+    """For each receipt, ``Outdated`` if its pod's subscriptions document, now at ``versions[pod]``
+    (absent: there is none), is no longer the one its forwards came from, else None."""
+    return [
+        Outdated(f"the subscriptions of {r.pod} changed")
+        if r.subscriptions != UNCHECKED and versions.get(r.pod) != r.subscriptions
+        else None
+        for r in receipts
+    ]
 
 
 @dataclass(frozen=True)

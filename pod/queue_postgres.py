@@ -17,7 +17,7 @@ import asyncpg
 
 from ldp.accessor import NotFresh, Write
 from ldp.postgres import PostgresAccessor, Tx, create_fresh_in, write_in
-from pod.queue import UNCHECKED, Delivery, NewDelivery, Outcome, Outdated, Receipt
+from pod.queue import Delivery, NewDelivery, Outcome, Receipt, outdated, to_check
 from pod.subscriptions import SUBSCRIPTIONS_PATH
 
 _COLUMNS = (
@@ -202,18 +202,15 @@ class PostgresQueue:
             # same pods in another order cannot deadlock.
             await tx.lock_pods(r.pod for r in receipts)
             now = time.time()
-            results: list[str | Exception | None] = [None] * len(receipts)
-            checked = [r for r in receipts if r.subscriptions != UNCHECKED]
-            if checked:
+            current: dict[str, str] = {}
+            if pods := to_check(receipts):
                 rows = await tx.conn.fetch(
                     "SELECT pod, version FROM resources WHERE path=$1 AND pod = ANY($2::text[])",
                     SUBSCRIPTIONS_PATH,
-                    sorted({r.pod for r in checked}),
+                    pods,
                 )
                 current = {str(row["pod"]): str(row["version"]) for row in rows}
-                for i, r in enumerate(receipts):
-                    if r.subscriptions != UNCHECKED and current.get(r.pod) != r.subscriptions:
-                        results[i] = Outdated(f"the subscriptions of {r.pod} changed")
+            results: list[str | Exception | None] = list(outdated(receipts, current))
             todo = [i for i, result in enumerate(results) if result is None]
             if not todo:
                 return results

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 
 from ldp.accessor import NotFresh, Write
 from ldp.sqlite import SqliteAccessor, create_fresh_in, write_in
-from pod.queue import UNCHECKED, Delivery, NewDelivery, Outcome, Outdated, Receipt
+from pod.queue import Delivery, NewDelivery, Outcome, Receipt, outdated, to_check
 from pod.subscriptions import SUBSCRIPTIONS_PATH
 
 _COLUMNS = (
@@ -85,10 +85,8 @@ def receive_in(conn: sqlite3.Connection, r: Receipt, now: float) -> str | None:
 _IN_LIMIT = 500  # pods named in one statement (SQLite takes up to 32,766 parameters)
 
 
-def _outdated(conn: sqlite3.Connection, receipts: Sequence[Receipt]) -> list[Exception | None]:
-    """For each receipt, ``Outdated`` if the pod's subscriptions document is no longer the one its
-    forwards came from, else None; the documents' versions are read a few hundred pods at a time."""
-    pods = sorted({r.pod for r in receipts if r.subscriptions != UNCHECKED})
+def _versions(conn: sqlite3.Connection, pods: Sequence[str]) -> dict[str, str]:
+    """The versions of ``pods``' subscriptions documents, read a few hundred pods at a time."""
     versions: dict[str, str] = {}
     for at in range(0, len(pods), _IN_LIMIT):
         chunk = pods[at : at + _IN_LIMIT]
@@ -98,12 +96,7 @@ def _outdated(conn: sqlite3.Connection, receipts: Sequence[Receipt]) -> list[Exc
                 (SUBSCRIPTIONS_PATH, *chunk),
             ).fetchall()
         )
-    return [
-        Outdated(f"the subscriptions of {r.pod} changed")
-        if r.subscriptions != UNCHECKED and versions.get(r.pod) != r.subscriptions
-        else None
-        for r in receipts
-    ]
+    return versions
 
 
 def _store_fresh(
@@ -117,18 +110,24 @@ def _store_fresh(
     — in a few statements, as ``receive_in`` one by one would: the usual case of a fan-out wave or
     a publish, where no receipt is a duplicate, every document is new at a fresh name (the events
     of ``Publisher.publish``, the copies and links of ``Inbox.receipt``) and their containers
-    exist. False when that is not the case, possibly after changing things: the caller rolls back
-    to its savepoint and takes the one-by-one way."""
-    if receipts:
-        before = conn.total_changes
-        conn.executemany(_RECEIVED, [(r.pod, r.sender, r.event_id, r.path) for r in receipts])
-        if conn.total_changes - before != len(receipts):
-            return False  # a duplicate (or the same event twice in the batch): answered one by one
+    exist. Under a savepoint of its own: False, with nothing kept, when that is not the case, and
+    the caller takes the one-by-one way."""
+    conn.execute("SAVEPOINT fresh")
     try:
+        if receipts:
+            before = conn.total_changes
+            conn.executemany(_RECEIVED, [(r.pod, r.sender, r.event_id, r.path) for r in receipts])
+            if conn.total_changes - before != len(receipts):
+                raise NotFresh("a duplicate (or the same event twice in the batch)")
         create_fresh_in(conn, [*writes, *((r.pod, w) for r in receipts for w in r.writes)], now)
-    except NotFresh:
-        return False
-    insert_deliveries(conn, [*deliveries, *(d for r in receipts for d in r.forwards)], now)
+        insert_deliveries(conn, [*deliveries, *(d for r in receipts for d in r.forwards)], now)
+    except BaseException as exc:
+        conn.execute("ROLLBACK TO fresh")
+        conn.execute("RELEASE fresh")
+        if isinstance(exc, NotFresh):
+            return False
+        raise
+    conn.execute("RELEASE fresh")
     return True
 
 
@@ -140,23 +139,26 @@ def receive_many_in(
     undone alone, its error returned in its place.
 
     The receipts are first stored all at once (``_store_fresh``), which is the whole of the
-    work when none is a duplicate and every container is there. Otherwise that is undone and
-    they are applied one by one under one savepoint: a savepoint around each receipt would undo a
+    work when none is a duplicate and every container is there. Otherwise nothing of that is kept
+    and they are applied one by one under one savepoint: a savepoint around each receipt would undo a
     failure directly, but each one copies every page the receipt touches (the same few index
     pages, over and over) into the savepoint journal, a third more work per receipt. Only if one
     of them fails (a rare event: a document where a container must go, say) is that undone too
     and each applied again under a savepoint of its own.
     """
-    results: list[str | Exception | None] = list(_outdated(conn, receipts))
+    results: list[str | Exception | None] = list(outdated(receipts, _versions(conn, to_check(receipts))))
     todo = [i for i, result in enumerate(results) if result is None]
     if not todo:
         return results
+    try:
+        if _store_fresh(conn, [receipts[i] for i in todo], now):
+            return results
+    except Exception:
+        pass  # nothing kept: one by one below, where a receipt that fails is refused alone
     conn.execute("SAVEPOINT receipts")
     try:
-        if not _store_fresh(conn, [receipts[i] for i in todo], now):
-            conn.execute("ROLLBACK TO receipts")
-            for i in todo:
-                results[i] = receive_in(conn, receipts[i], now)
+        for i in todo:
+            results[i] = receive_in(conn, receipts[i], now)
     except Exception:
         conn.execute("ROLLBACK TO receipts")
         for i in todo:
@@ -190,12 +192,8 @@ class SqliteQueue:
     ) -> list[bool]:
         def job(conn: sqlite3.Connection) -> list[bool]:
             now = time.time()
-            conn.execute("SAVEPOINT fresh")
             if _store_fresh(conn, receipts, now, [(pod, w) for w in writes], deliveries):
-                conn.execute("RELEASE fresh")
                 return [True] * len(receipts)
-            conn.execute("ROLLBACK TO fresh")
-            conn.execute("RELEASE fresh")
             for w in writes:
                 write_in(conn, pod, w)
             insert_deliveries(conn, deliveries, now)
