@@ -11,6 +11,13 @@ write's precondition check and the write itself are atomic: concurrent writers n
 That thread's work is most of a write's cost, so a write asks little of it: one statement finds
 the resource, its twin and its container, one inserts or updates, one touches the container.
 
+Several processes may write one file (``pod serve --workers N``, the CLI beside a server). SQLite
+makes a writer that finds the file locked sleep and retry, its sleeps growing to 100 ms; under a
+steady load from two processes one of them then loses the race again and again, and its requests
+wait for hundreds of milliseconds. So each group commit first takes an exclusive ``flock`` on a
+file beside the database (``<database>-writer``): a process waiting for it is woken by the kernel
+the moment the other one commits, and its queue, grown meanwhile, goes in one transaction.
+
 Reads run directly on the event loop's thread on a separate read-only connection. They are
 primary-key or index-range lookups of a few microseconds, cheaper than a hop to a thread; in WAL
 mode they never wait for writers. Anything long (container listings) is read in bounded pages.
@@ -23,9 +30,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from functools import lru_cache
 from pathlib import Path
@@ -113,6 +121,40 @@ SCHEMA_VERSION = MIGRATIONS[-1].version
 _MAX_BATCH = 512
 
 Job = Callable[[sqlite3.Connection], Any]
+
+try:
+    import fcntl
+except ImportError:  # no flock (Windows): processes queue on SQLite's own busy handler
+    fcntl = None  # type: ignore[assignment]
+
+
+class WriterLock:
+    """The exclusive lock every process takes around its write transactions on one database file
+    (see the module's docstring): blocking, woken by the kernel, released by the process's death."""
+
+    def __init__(self, database: Path) -> None:
+        self.path = database.with_name(database.name + "-writer")
+        self._fd: int | None = None
+
+    def open(self) -> None:
+        if fcntl is not None and self._fd is None:
+            self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+    @contextlib.contextmanager
+    def held(self) -> Iterator[None]:
+        if self._fd is None:
+            yield
+            return
+        fcntl.flock(self._fd, fcntl.LOCK_EX)  # releases the GIL while it waits
+        try:
+            yield
+        finally:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
 
 
 def _connect(path: Path) -> sqlite3.Connection:
@@ -320,6 +362,7 @@ class SqliteAccessor:
         self.path = path
         self._reader: sqlite3.Connection | None = None
         self._writer: sqlite3.Connection | None = None
+        self._lock = WriterLock(path)
         self._executor: ThreadPoolExecutor | None = None
         self._queue: asyncio.Queue[tuple[Job, bool, asyncio.Future[Any]]] | None = None
         self._task: asyncio.Task[None] | None = None
@@ -338,15 +381,18 @@ class SqliteAccessor:
         self._task = asyncio.create_task(self._write_loop(), name="sqlite-group-commit")
 
     def _open_writer(self) -> sqlite3.Connection:
+        self._lock.open()
         conn = _connect(self.path)
         # Each job runs in a savepoint, whose undo pages SQLite keeps in a temporary file by
         # default: a file created, written page by page and deleted for every group commit. Held
         # in memory they cost no system calls (they live only until the commit).
         conn.execute("PRAGMA temp_store=MEMORY")
         try:
-            self.applied = _migrate(conn)
+            with self._lock.held():
+                self.applied = _migrate(conn)
         except BaseException:
             conn.close()
+            self._lock.close()
             raise
         return conn
 
@@ -369,10 +415,11 @@ class SqliteAccessor:
 
     def _close_writer(self) -> None:
         if self._writer is not None:
-            with contextlib.suppress(sqlite3.Error):  # another process may be reading
+            with contextlib.suppress(sqlite3.Error), self._lock.held():  # others may be reading
                 self._writer.execute("PRAGMA wal_checkpoint(TRUNCATE)")
             self._writer.close()
             self._writer = None
+        self._lock.close()
 
     # -- group commit ----------------------------------------------------------------------------
     async def _run(self, job: Job, savepoint: bool = True) -> Any:
@@ -421,6 +468,11 @@ class SqliteAccessor:
         """
         conn = self._writer
         assert conn is not None
+        with self._lock.held():
+            return self._transaction(conn, jobs)
+
+    @staticmethod
+    def _transaction(conn: sqlite3.Connection, jobs: list[tuple[Job, bool]]) -> list[tuple[bool, Any]]:
         results: list[tuple[bool, Any]] = []
         conn.execute("BEGIN IMMEDIATE")
         try:

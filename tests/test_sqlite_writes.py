@@ -315,3 +315,45 @@ async def test_the_statements_of_a_write(accessor: SqliteAccessor) -> None:
             await accessor.write("p", Write("/c/x/y/z", "text/plain", b"", ABSENT))
 
     assert await statements(accessor, refused()) == ["SELECT"]
+
+
+async def test_processes_take_turns_on_the_writer_lock(tmp_path: Path) -> None:
+    """Each group commit holds ``<database>-writer`` exclusively: a write waits while another
+    process holds it (here: another open file description, as another process would have) and
+    goes as soon as it is released, all of its queue in one transaction, instead of retrying on
+    SQLite's busy handler with sleeps of up to 100 ms."""
+    fcntl = pytest.importorskip("fcntl")
+    path = tmp_path / "pod.sqlite3"
+    first = SqliteAccessor(path)
+    await first.open()
+    try:
+        await first.create_pod("p", [])
+        lock = (tmp_path / "pod.sqlite3-writer").open("a")
+        fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
+        try:
+            sizes = batches(first)
+            waiting = asyncio.ensure_future(first.write("p", Write("/a", "text/plain", b"a")))
+            await asyncio.sleep(0.05)  # the writer thread now waits for the lock
+            queued = [
+                asyncio.ensure_future(first.write("p", Write(f"/q{i}", "text/plain", b""))) for i in range(5)
+            ]
+            await asyncio.sleep(0.3)
+            assert not waiting.done() and not any(q.done() for q in queued)
+            assert await first.get("p", "/a") is None
+        finally:
+            fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
+            lock.close()
+        await asyncio.wait_for(asyncio.gather(waiting, *queued), 5)
+        assert sizes == [1, 5], "the writes queued while the lock was held did not go together"
+        # Another accessor on the file (as another process) writes and reads what the first wrote.
+        second = SqliteAccessor(path)
+        await second.open()
+        try:
+            await second.write("p", Write("/b", "text/plain", b"b"))
+            record = await second.get("p", "/a")
+            assert record is not None and record.body == b"a"
+        finally:
+            await second.close()
+        assert await first.children("p", "/") == ["/a", "/b", "/q0", "/q1", "/q2", "/q3", "/q4"]
+    finally:
+        await first.close()

@@ -866,6 +866,8 @@ class Bench:
             return None
         cmd = [spy, "record", "--pid", str(pid), "--subprocesses", "--duration", str(length)]
         cmd += ["--rate", str(PROFILE_RATE), "--nonblocking", "--format", "raw", "--output", str(out)]
+        if self.args.profile_gil:
+            cmd.append("--gil")
         proc = subprocess.Popen(
             self.pinned(["sh", "-c", f'sleep {delay}; exec "$@"', "sh", *cmd], self.pin_load),
             stdout=subprocess.DEVNULL,
@@ -1542,6 +1544,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         metavar="DIR",
         help="py-spy the server during each workload (figures then skewed); "
         "writes DIR/NAME.txt (collapsed stacks) and prints the top functions",
+    )
+    p.add_argument(
+        "--profile-gil",
+        action="store_true",
+        help="with --profile: sample only the thread holding the GIL, so the figures are "
+        "where CPU time goes (waits on the disk or the network left out)",
     )
     p.add_argument("--json", action="store_true", help="print all figures as one JSON object at the end")
     p.add_argument("--keep", action="store_true", help="keep the temp dir (server logs, databases)")
