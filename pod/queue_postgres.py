@@ -183,18 +183,21 @@ class PostgresQueue:
             # Creates lock each pod's tree until the commit. Taken in one order (by name) for every
             # pod this transaction writes, two publishes between the same pods in opposite
             # directions cannot deadlock.
-            pods = {pod} if writes else set()
-            pods.update(r.pod for r in receipts)
             await tx.lock_pods(pods)
             now = time.time()
             if await _store_fresh(tx, receipts, now, [(pod, w) for w in writes], deliveries):
                 return [True] * len(receipts)
-            for w in writes:
-                await write_in(tx, pod, w)
-            await insert_deliveries(tx, deliveries, now)
-            return [await receive_in(tx, r, now) is None for r in receipts]
+            # Under a savepoint, so that a refusal changes nothing: the job may share its
+            # transaction with others (``PostgresAccessor.batched``).
+            async with tx.conn.transaction():
+                for w in writes:
+                    await write_in(tx, pod, w)
+                await insert_deliveries(tx, deliveries, now)
+                return [await receive_in(tx, r, now) is None for r in receipts]
 
-        return await self.accessor.transaction(job)
+        pods = {pod} if writes else set()
+        pods.update(r.pod for r in receipts)
+        return await self.accessor.batched(pods, job)
 
     async def receive_many(self, receipts: Sequence[Receipt]) -> list[str | Exception | None]:
         async def job(tx: Tx) -> list[str | Exception | None]:
@@ -226,7 +229,7 @@ class PostgresQueue:
                 results[i] = result
             return results
 
-        return await self.accessor.transaction(job)
+        return await self.accessor.batched({r.pod for r in receipts}, job)
 
     async def claim(self, limit: int, now: float | None = None) -> list[Delivery]:
         at = time.time() if now is None else now
@@ -262,7 +265,7 @@ class PostgresQueue:
                 done,
             )
 
-        await self.accessor.transaction(job)
+        await self.accessor.batched((), job)
 
     async def release(self, ids: Sequence[int]) -> None:
         await self.accessor.pool.execute(
