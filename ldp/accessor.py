@@ -9,13 +9,16 @@ than a fork.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Container, Sequence
+from collections.abc import AsyncIterator, Callable, Container, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Generic, Protocol, TypeVar
 
 from ldp.errors import Conflict, NotFound
 from ldp.identifiers import is_acl, is_container, parent_of
 from ldp.names import random_hex
+
+P = TypeVar("P")  # a Together job's part
+C = TypeVar("C")  # what a backend's job runs on: a connection, a transaction
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,6 +139,36 @@ class Write:
     content_type: str
     body: bytes
     expect: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Together(Generic[P, C]):
+    """A group-commit job that may run in one go with the jobs of the same ``kind`` next to it in
+    its transaction: ``kind(conn, parts)`` stores every part and returns each one's result, or
+    returns None having kept nothing, and then each runs on its own as ``alone(conn, part)``.
+
+    Publishes arriving together are such jobs: a few statements store all of their events,
+    copies and deliveries (``create_fresh_in``) where a few per publish stored each. Each backend's
+    group commit runs the jobs (calling the job is running it alone); SQLite's functions are
+    plain, PostgreSQL's are coroutines."""
+
+    kind: Callable[[C, Sequence[P]], Any]
+    alone: Callable[[C, P], Any]
+    part: P
+
+    def __call__(self, conn: C) -> Any:
+        return self.alone(conn, self.part)
+
+
+def runs_together(jobs: Sequence[object], start: int) -> int:
+    """Where the run of jobs of one ``Together.kind`` that begins at ``start`` ends (exclusive):
+    ``start + 1`` when ``jobs[start]`` has no company."""
+    first = jobs[start]
+    end = start + 1
+    if isinstance(first, Together):
+        while end < len(jobs) and isinstance(job := jobs[end], Together) and job.kind is first.kind:
+            end += 1
+    return end
 
 
 class NotFresh(Exception):

@@ -40,7 +40,7 @@ import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
@@ -52,6 +52,7 @@ from ldp.accessor import (
     Migration,
     NotFresh,
     Record,
+    Together,
     VersionMismatch,
     Write,
     check_expect,
@@ -60,6 +61,7 @@ from ldp.accessor import (
     missing_containers,
     new_version,
     pending,
+    runs_together,
     twin_of,
 )
 from ldp.errors import Conflict, NotFound, PodError
@@ -396,6 +398,15 @@ class _Batched(Generic[T]):
             self.resolve(exc)
 
 
+async def _together(tx: Tx, jobs: Sequence[Callable[[Tx], Awaitable[object]]]) -> list[object] | None:
+    """A run of ``Together`` jobs of one kind in one go (``ldp.accessor.Together``): their
+    results, or None with nothing kept, and they then run one by one. A database error leaves the
+    transaction failed and goes up: the group commit's jobs then run in transactions of their own."""
+    first = cast(Together[Any, Tx], jobs[0])
+    done = await first.kind(tx, [cast(Together[Any, Tx], job).part for job in jobs])
+    return None if done is None else list(done)
+
+
 def _record(path: str, row: asyncpg.Record) -> Record:
     return Record(path, row["content_type"], bytes(row["body"]), row["version"], row["modified"])
 
@@ -644,11 +655,20 @@ class PostgresAccessor:
             try:
                 tx = Tx(conn)
                 await tx.lock_pods(pod for item in batch for pod in item.pods)
-                for item in batch:
-                    try:
-                        results.append(await item.job(tx))
-                    except PodError as exc:
-                        results.append(exc)
+                jobs = [item.job for item in batch]
+                start = 0
+                while start < len(jobs):
+                    end = runs_together(jobs, start)
+                    if end - start > 1 and (done := await _together(tx, jobs[start:end])) is not None:
+                        results.extend(done)
+                        start = end
+                        continue
+                    for job in jobs[start:end]:
+                        try:
+                            results.append(await job(tx))
+                        except PodError as exc:
+                            results.append(exc)
+                    start = end
                 if tx.acl_changed:
                     await conn.execute(_BUMP_EPOCH)
             except BaseException:

@@ -44,6 +44,7 @@ from ldp.accessor import (
     Migration,
     NotFresh,
     Record,
+    Together,
     Write,
     check_expect,
     fresh_documents,
@@ -51,6 +52,7 @@ from ldp.accessor import (
     missing_containers,
     new_version,
     pending,
+    runs_together,
     twin_of,
 )
 from ldp.errors import Conflict, NotFound
@@ -355,6 +357,37 @@ def _delete(conn: sqlite3.Connection, pod: str, path: str, expect: str | None) -
         _touch(conn, found[parent][1], time.time())
 
 
+def _alone(conn: sqlite3.Connection, job: Job, savepoint: bool) -> tuple[bool, Any]:
+    """Run one job of a group commit: (True, its result) or (False, its exception)."""
+    if savepoint:
+        conn.execute("SAVEPOINT job")
+        try:
+            return True, job(conn)
+        except Exception as exc:
+            conn.execute("ROLLBACK TO job")
+            return False, exc
+        finally:
+            conn.execute("RELEASE job")
+    changes = conn.total_changes
+    try:
+        return True, job(conn)
+    except Exception as exc:
+        if conn.total_changes != changes or not conn.in_transaction:
+            raise
+        return False, exc
+
+
+def _together(conn: sqlite3.Connection, jobs: Sequence[Job]) -> list[Any] | None:
+    """A run of ``Together`` jobs of one kind in one go: their results, or None with nothing kept
+    (the kind's promise, also when it raises), and they then run alone."""
+    first = cast(Together[Any, sqlite3.Connection], jobs[0])
+    try:
+        done = first.kind(conn, [cast(Together[Any, sqlite3.Connection], job).part for job in jobs])
+    except Exception:
+        return None
+    return None if done is None else list(done)
+
+
 class SqliteAccessor:
     """StorageAccessor on one SQLite file; safe to share with other processes (CLI, other servers)."""
 
@@ -473,26 +506,20 @@ class SqliteAccessor:
 
     @staticmethod
     def _transaction(conn: sqlite3.Connection, jobs: list[tuple[Job, bool]]) -> list[tuple[bool, Any]]:
+        """The jobs one after another, a run of ``Together`` jobs of one kind in one go when it
+        can (``ldp.accessor.Together``), then the commit."""
         results: list[tuple[bool, Any]] = []
+        callables = [job for job, _ in jobs]
         conn.execute("BEGIN IMMEDIATE")
         try:
-            for job, savepoint in jobs:
-                if savepoint:
-                    conn.execute("SAVEPOINT job")
-                    try:
-                        results.append((True, job(conn)))
-                    except Exception as exc:
-                        conn.execute("ROLLBACK TO job")
-                        results.append((False, exc))
-                    conn.execute("RELEASE job")
-                    continue
-                changes = conn.total_changes
-                try:
-                    results.append((True, job(conn)))
-                except Exception as exc:
-                    if conn.total_changes != changes or not conn.in_transaction:
-                        raise
-                    results.append((False, exc))
+            start = 0
+            while start < len(jobs):
+                end = runs_together(callables, start)
+                if end - start > 1 and (done := _together(conn, callables[start:end])) is not None:
+                    results.extend((True, result) for result in done)
+                else:
+                    results.extend(_alone(conn, job, savepoint) for job, savepoint in jobs[start:end])
+                start = end
             conn.execute("COMMIT")
         except BaseException:
             if conn.in_transaction:

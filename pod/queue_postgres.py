@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import asyncpg
 
-from ldp.accessor import NotFresh, Write
+from ldp.accessor import NotFresh, Together, Write
 from ldp.postgres import PostgresAccessor, Tx, create_fresh_in, write_in
 from pod.queue import Delivery, NewDelivery, Outcome, Receipt, outdated, to_check
 from pod.subscriptions import SUBSCRIPTIONS_PATH
@@ -136,6 +137,45 @@ async def _store_fresh(
     return True
 
 
+class _Publish(NamedTuple):
+    """What ``PostgresQueue.commit`` stores: the events (``writes`` in ``pod``), their deliveries,
+    the copies of the recipients on this server, and every pod that writes."""
+
+    pod: str
+    writes: Sequence[Write]
+    deliveries: Sequence[NewDelivery]
+    receipts: Sequence[Receipt]
+    pods: set[str]
+
+
+async def _publish_alone(tx: Tx, p: _Publish) -> list[bool]:
+    # Creates lock each pod's tree until the commit. Taken in one order (by name) for every pod
+    # this transaction writes, two publishes between the same pods in opposite directions cannot
+    # deadlock.
+    await tx.lock_pods(p.pods)
+    now = time.time()
+    if await _store_fresh(tx, p.receipts, now, [(p.pod, w) for w in p.writes], p.deliveries):
+        return [True] * len(p.receipts)
+    # Under a savepoint, so that a refusal changes nothing: the job may share its transaction
+    # with others (``PostgresAccessor.batched``).
+    async with tx.conn.transaction():
+        for w in p.writes:
+            await write_in(tx, p.pod, w)
+        await insert_deliveries(tx, p.deliveries, now)
+        return [await receive_in(tx, r, now) is None for r in p.receipts]
+
+
+async def _publish_together(tx: Tx, parts: Sequence[_Publish]) -> list[list[bool]] | None:
+    """Publishes of one group commit all at once (``ldp.accessor.Together``), or None; their pods
+    are locked already (``PostgresAccessor.batched``)."""
+    writes = [(p.pod, w) for p in parts for w in p.writes]
+    deliveries = [d for p in parts for d in p.deliveries]
+    receipts = [r for p in parts for r in p.receipts]
+    if not await _store_fresh(tx, receipts, time.time(), writes, deliveries):
+        return None
+    return [[True] * len(p.receipts) for p in parts]
+
+
 async def _together(tx: Tx, receipts: Sequence[Receipt], now: float) -> list[str | Exception | None] | None:
     """Apply ``receipts`` in ``tx`` under one savepoint; None, with nothing of them kept, if one fails."""
     try:
@@ -179,25 +219,13 @@ class PostgresQueue:
         deliveries: Sequence[NewDelivery],
         receipts: Sequence[Receipt] = (),
     ) -> list[bool]:
-        async def job(tx: Tx) -> list[bool]:
-            # Creates lock each pod's tree until the commit. Taken in one order (by name) for every
-            # pod this transaction writes, two publishes between the same pods in opposite
-            # directions cannot deadlock.
-            await tx.lock_pods(pods)
-            now = time.time()
-            if await _store_fresh(tx, receipts, now, [(pod, w) for w in writes], deliveries):
-                return [True] * len(receipts)
-            # Under a savepoint, so that a refusal changes nothing: the job may share its
-            # transaction with others (``PostgresAccessor.batched``).
-            async with tx.conn.transaction():
-                for w in writes:
-                    await write_in(tx, pod, w)
-                await insert_deliveries(tx, deliveries, now)
-                return [await receive_in(tx, r, now) is None for r in receipts]
-
         pods = {pod} if writes else set()
         pods.update(r.pod for r in receipts)
-        return await self.accessor.batched(pods, job)
+        part = _Publish(pod, writes, deliveries, receipts, pods)
+        stored: list[bool] = await self.accessor.batched(
+            pods, Together(_publish_together, _publish_alone, part)
+        )
+        return stored
 
     async def receive_many(self, receipts: Sequence[Receipt]) -> list[str | Exception | None]:
         async def job(tx: Tx) -> list[str | Exception | None]:

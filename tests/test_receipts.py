@@ -6,11 +6,14 @@ backend first writes all of them in a few statements (``create_fresh_in``), and 
 one-by-one ``write_in`` when that does not apply. These tests check, through the queue and the
 accessor, that the short way is taken when it applies and stores every copy, link, forward and
 container change, and that a duplicate or a missing container is still answered as before.
+Publishes arriving together go in one ``create_fresh_in`` for all (``ldp.accessor.Together``);
+when one of them cannot, each goes its own way.
 (``tests/test_sqlite_receipts.py`` compares SQLite's rows both ways, row for row.)
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -170,3 +173,71 @@ async def test_a_publish_with_local_recipients_is_stored_at_once(
         [(d.recipient, "delivered") for d in deliveries]
         + [(d.recipient, "pending") for r in receipts for d in r.forwards]
     )
+
+
+@pytest.fixture
+def fresh_calls(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """How many documents each call of a backend's ``create_fresh_in`` was given."""
+    calls: list[int] = []
+    for module in (queue_sqlite, queue_postgres):
+        original = module.create_fresh_in
+
+        def counting(conn: Any, items: Any, now: float, original: Any = original) -> Any:
+            calls.append(len(items))
+            return original(conn, items, now)
+
+        monkeypatch.setattr(module, "create_fresh_in", counting)
+    return calls
+
+
+def a_publish(opened: Backend, pod: str, recipients: tuple[str, ...]) -> tuple[Any, Write, list[Receipt]]:
+    """``DeliveryQueue.commit`` of one event of ``pod`` with a local copy for each recipient pod."""
+    name = new_name()
+    event = f"https://a.example/{pod}/publish/{name}"
+    published = Write("/publish/" + name, JSONLD, b'{"event": "%s"}' % name.encode())
+    receipts = [receipt(r, event, i) for i, r in enumerate(recipients)]
+    deliveries = [
+        NewDelivery(event, pod, "inbox", f"https://x.example/{r}/profile/card#me", b"{}", delivered=True)
+        for r in recipients
+    ]
+    return opened.queue.commit(pod, [published], deliveries, receipts), published, receipts
+
+
+async def test_publishes_arriving_together_are_stored_in_one_go(
+    opened: Backend, fresh_calls: list[int], one_by_one: list[str]
+) -> None:
+    made = [a_publish(opened, pod, tuple(p for p in PODS if p != pod)) for pod in PODS]
+    results = await asyncio.gather(*(commit for commit, _, _ in made))
+    assert results == [[True, True]] * 3
+    assert fresh_calls == [3 * (1 + 2 * 2)], "the publishes were not stored in one go"
+    assert one_by_one == []
+    for pod, (_, published, receipts) in zip(PODS, made, strict=True):
+        record = await opened.accessor.get(pod, published.path)
+        assert record is not None and record.body == published.body
+        for r in receipts:
+            await assert_stored(opened, r)
+
+
+async def test_one_publish_that_cannot_go_with_the_others_sends_each_its_own_way(
+    opened: Backend, fresh_calls: list[int], one_by_one: list[str]
+) -> None:
+    await opened.accessor.create_pod("p4", [])  # no inbox, no topic container
+    for container in ("/publish/",):
+        await opened.accessor.write("p4", Write(container, "text/turtle", b""))
+    made = [
+        a_publish(opened, "p1", ("p2",)),
+        a_publish(opened, "p2", ("p4",)),
+        a_publish(opened, "p3", ("p1",)),
+    ]
+    results = await asyncio.gather(*(commit for commit, _, _ in made))
+    assert results == [[True]] * 3
+    # once all together (refused: p4 lacks its containers), then each alone; only p4's copy and
+    # link, and the event beside it, took the one-by-one way
+    assert fresh_calls[0] == 3 * 3
+    _, beside, refused = made[1]
+    assert sorted(one_by_one) == sorted([beside.path, *(w.path for w in refused[0].writes)])
+    for pod, (_, published, receipts) in zip(("p1", "p2", "p3"), made, strict=True):
+        record = await opened.accessor.get(pod, published.path)
+        assert record is not None and record.body == published.body
+        for r in receipts:
+            await assert_stored(opened, r)
