@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -25,6 +27,31 @@ async def test_sqlite_claims(tmp_path: Path) -> None:
     finally:
         first.close()
         second.close()
+
+
+def test_sqlite_claims_take_turns_on_the_writer_lock(tmp_path: Path) -> None:
+    """A claim waits while another process holds the file's writer lock (here: another open file
+    description) and goes the moment it is released, instead of SQLite's sleeps on the loop."""
+    fcntl = pytest.importorskip("fcntl")
+    claims = SqliteClaims(tmp_path / "r.sqlite3")
+    done = threading.Event()
+    try:
+        with (tmp_path / "r.sqlite3-writer").open("a") as lock:
+            fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
+
+            def claim() -> None:
+                asyncio.run(claims.claim_once(b"k", 100.0, 10.0))
+                done.set()
+
+            claiming = threading.Thread(target=claim)
+            claiming.start()
+            assert not done.wait(0.3), "the claim did not wait for the lock"
+            fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
+        assert done.wait(5)
+        claiming.join()
+        assert not asyncio.run(claims.claim_once(b"k", 100.0, 20.0))  # it was claimed
+    finally:
+        claims.close()
 
 
 @pytest.fixture
