@@ -83,6 +83,34 @@ def outdated(receipts: Sequence[Receipt], versions: Mapping[str, str]) -> list[E
     ]
 
 
+class Publish(NamedTuple):
+    """What ``DeliveryQueue.commit`` stores for one publish: its events (``writes`` in ``pod``),
+    their deliveries and the copies of its recipients on this server."""
+
+    pod: str
+    writes: Sequence[Write]
+    deliveries: Sequence[NewDelivery]
+    receipts: Sequence[Receipt]
+
+    @property
+    def pods(self) -> set[str]:
+        """Every pod it writes in."""
+        return ({self.pod} if self.writes else set()) | {r.pod for r in self.receipts}
+
+
+def publishes(
+    parts: Sequence[Publish],
+) -> tuple[list[tuple[str, Write]], list[NewDelivery], list[Receipt], list[list[bool]]]:
+    """Publishes as one: every (pod, write), delivery and receipt, for a backend to store in one go
+    (``ldp.accessor.Together``), and what each publish's commit answers when that is done."""
+    return (
+        [(p.pod, w) for p in parts for w in p.writes],
+        [d for p in parts for d in p.deliveries],
+        [r for p in parts for r in p.receipts],
+        [[True] * len(p.receipts) for p in parts],
+    )
+
+
 @dataclass(frozen=True)
 class Delivery:
     id: int

@@ -12,13 +12,12 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from typing import NamedTuple
 
 import asyncpg
 
 from ldp.accessor import NotFresh, Together, Write
 from ldp.postgres import PostgresAccessor, Tx, create_fresh_in, write_in
-from pod.queue import Delivery, NewDelivery, Outcome, Receipt, outdated, to_check
+from pod.queue import Delivery, NewDelivery, Outcome, Publish, Receipt, outdated, publishes, to_check
 from pod.subscriptions import SUBSCRIPTIONS_PATH
 
 _COLUMNS = (
@@ -137,18 +136,7 @@ async def _store_fresh(
     return True
 
 
-class _Publish(NamedTuple):
-    """What ``PostgresQueue.commit`` stores: the events (``writes`` in ``pod``), their deliveries,
-    the copies of the recipients on this server, and every pod that writes."""
-
-    pod: str
-    writes: Sequence[Write]
-    deliveries: Sequence[NewDelivery]
-    receipts: Sequence[Receipt]
-    pods: set[str]
-
-
-async def _publish_alone(tx: Tx, p: _Publish) -> list[bool]:
+async def _publish_alone(tx: Tx, p: Publish) -> list[bool]:
     # Creates lock each pod's tree until the commit. Taken in one order (by name) for every pod
     # this transaction writes, two publishes between the same pods in opposite directions cannot
     # deadlock.
@@ -165,15 +153,11 @@ async def _publish_alone(tx: Tx, p: _Publish) -> list[bool]:
         return [await receive_in(tx, r, now) is None for r in p.receipts]
 
 
-async def _publish_together(tx: Tx, parts: Sequence[_Publish]) -> list[list[bool]] | None:
+async def _publish_together(tx: Tx, parts: Sequence[Publish]) -> list[list[bool]] | None:
     """Publishes of one group commit all at once (``ldp.accessor.Together``), or None; their pods
     are locked already (``PostgresAccessor.batched``)."""
-    writes = [(p.pod, w) for p in parts for w in p.writes]
-    deliveries = [d for p in parts for d in p.deliveries]
-    receipts = [r for p in parts for r in p.receipts]
-    if not await _store_fresh(tx, receipts, time.time(), writes, deliveries):
-        return None
-    return [[True] * len(p.receipts) for p in parts]
+    writes, deliveries, receipts, stored = publishes(parts)
+    return stored if await _store_fresh(tx, receipts, time.time(), writes, deliveries) else None
 
 
 async def _together(tx: Tx, receipts: Sequence[Receipt], now: float) -> list[str | Exception | None] | None:
@@ -219,11 +203,9 @@ class PostgresQueue:
         deliveries: Sequence[NewDelivery],
         receipts: Sequence[Receipt] = (),
     ) -> list[bool]:
-        pods = {pod} if writes else set()
-        pods.update(r.pod for r in receipts)
-        part = _Publish(pod, writes, deliveries, receipts, pods)
+        part = Publish(pod, writes, deliveries, receipts)
         stored: list[bool] = await self.accessor.batched(
-            pods, Together(_publish_together, _publish_alone, part)
+            part.pods, Together(_publish_together, _publish_alone, part)
         )
         return stored
 

@@ -11,11 +11,10 @@ from __future__ import annotations
 import sqlite3
 import time
 from collections.abc import Sequence
-from typing import NamedTuple
 
 from ldp.accessor import NotFresh, Together, Write
 from ldp.sqlite import SqliteAccessor, create_fresh_in, write_in
-from pod.queue import Delivery, NewDelivery, Outcome, Receipt, outdated, to_check
+from pod.queue import Delivery, NewDelivery, Outcome, Publish, Receipt, outdated, publishes, to_check
 from pod.subscriptions import SUBSCRIPTIONS_PATH
 
 _COLUMNS = (
@@ -132,17 +131,7 @@ def _store_fresh(
     return True
 
 
-class _Publish(NamedTuple):
-    """What ``SqliteQueue.commit`` stores: the events (``writes`` in ``pod``), their deliveries,
-    and the copies of the recipients on this server."""
-
-    pod: str
-    writes: Sequence[Write]
-    deliveries: Sequence[NewDelivery]
-    receipts: Sequence[Receipt]
-
-
-def _publish_alone(conn: sqlite3.Connection, p: _Publish) -> list[bool]:
+def _publish_alone(conn: sqlite3.Connection, p: Publish) -> list[bool]:
     now = time.time()
     if _store_fresh(conn, p.receipts, now, [(p.pod, w) for w in p.writes], p.deliveries):
         return [True] * len(p.receipts)
@@ -152,14 +141,10 @@ def _publish_alone(conn: sqlite3.Connection, p: _Publish) -> list[bool]:
     return [receive_in(conn, r, now) is None for r in p.receipts]
 
 
-def _publish_together(conn: sqlite3.Connection, parts: Sequence[_Publish]) -> list[list[bool]] | None:
+def _publish_together(conn: sqlite3.Connection, parts: Sequence[Publish]) -> list[list[bool]] | None:
     """Publishes of one group commit all at once (``ldp.accessor.Together``), or None."""
-    writes = [(p.pod, w) for p in parts for w in p.writes]
-    deliveries = [d for p in parts for d in p.deliveries]
-    receipts = [r for p in parts for r in p.receipts]
-    if not _store_fresh(conn, receipts, time.time(), writes, deliveries):
-        return None
-    return [[True] * len(p.receipts) for p in parts]
+    writes, deliveries, receipts, stored = publishes(parts)
+    return stored if _store_fresh(conn, receipts, time.time(), writes, deliveries) else None
 
 
 def receive_many_in(
@@ -221,7 +206,7 @@ class SqliteQueue:
         deliveries: Sequence[NewDelivery],
         receipts: Sequence[Receipt] = (),
     ) -> list[bool]:
-        part = _Publish(pod, writes, deliveries, receipts)
+        part = Publish(pod, writes, deliveries, receipts)
         stored: list[bool] = await self.accessor.run_job(Together(_publish_together, _publish_alone, part))
         return stored
 
