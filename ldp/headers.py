@@ -26,6 +26,9 @@ EXPOSED = (
 )
 
 
+_LINKS_INBOX = ("/", "/profile/card")  # resources whose headers name the pod's inbox
+
+
 def allow(path: str, exists: bool) -> str:
     methods = ["OPTIONS", "HEAD", "GET"]
     if path.startswith("/.well-known/"):
@@ -47,20 +50,23 @@ def resource_headers(locator: PodLocator, pod: str, path: str, exists: bool) -> 
 
 @lru_cache(maxsize=4096)
 def _resource_headers(locator: PodLocator, pod: str, path: str, exists: bool) -> dict[str, str]:
-    links = [f'<{LDP.Resource}>; rel="type"']
+    before, after, headers = _parts(locator, pod, path, exists)
+    headers["Link"] = f'{before}<{locator.url(pod, acl_path(path))}>; rel="acl"{after}'
+    return headers
+
+
+def _parts(locator: PodLocator, pod: str, path: str, exists: bool) -> tuple[str, str, dict[str, str]]:
+    """The Link header's text before the ACL's URL and after it, and the other headers."""
+    types = [f'<{LDP.Resource}>; rel="type"'] if exists else []
     if exists and is_container(path):
-        links.append(f'<{LDP.Container}>; rel="type"')
-        links.append(f'<{LDP.BasicContainer}>; rel="type"')
+        types.append(f'<{LDP.Container}>; rel="type"')
+        types.append(f'<{LDP.BasicContainer}>; rel="type"')
         if path == "/":
-            links.append(f'<{PIM.Storage}>; rel="type"')
-    if not exists:
-        links = []
-    links.append(f'<{locator.url(pod, acl_path(path))}>; rel="acl"')
-    links.append(f'<{locator.url(pod, STORAGE_DESCRIPTION_PATH)}>; rel="{STORAGE_DESCRIPTION_REL}"')
-    if path in ("/", "/profile/card"):
-        links.append(f'<{locator.url(pod, "/inbox/")}>; rel="{LDP.inbox}"')
+            types.append(f'<{PIM.Storage}>; rel="type"')
+    after = [f'<{locator.url(pod, STORAGE_DESCRIPTION_PATH)}>; rel="{STORAGE_DESCRIPTION_REL}"']
+    if path in _LINKS_INBOX:
+        after.append(f'<{locator.url(pod, "/inbox/")}>; rel="{LDP.inbox}"')
     headers = {
-        "Link": ", ".join(links),
         "Allow": allow(path, exists),
         "Accept-Patch": ACCEPT_PATCH,
         "Accept-Put": ACCEPT_PUT,
@@ -68,7 +74,28 @@ def _resource_headers(locator: PodLocator, pod: str, path: str, exists: bool) ->
     }
     if exists and is_container(path) and not path.startswith("/.well-known/"):
         headers["Accept-Post"] = ACCEPT_POST
-    return headers
+    return "".join(f"{link}, " for link in types), "".join(f", {link}" for link in after), headers
+
+
+def created_headers(locator: PodLocator, pod: str, container: str, path: str) -> dict[str, str]:
+    """``resource_headers(locator, pod, path, True)`` for ``path``, just created in ``container``
+    by POST. The members of one container differ only by their ACL's link, so they are made from
+    the container's template: one cache entry per new path (every POST makes one) would push out
+    the resources that are read again and again."""
+    if path in _LINKS_INBOX or path.startswith("/.well-known/"):
+        return resource_headers(locator, pod, path, True)
+    before, after, fixed = _member_parts(locator, pod, container, is_container(path))
+    acl = locator.member_url(pod, container, acl_path(path[len(container) :]))
+    return {"Link": f'{before}<{acl}>; rel="acl"{after}', **fixed}
+
+
+@lru_cache(maxsize=1024)
+def _member_parts(
+    locator: PodLocator, pod: str, container: str, as_container: bool
+) -> tuple[str, str, dict[str, str]]:
+    """``_parts`` of every existing member of ``container`` (documents, or containers): they
+    depend on the member's kind alone."""
+    return _parts(locator, pod, container + ("x/" if as_container else "x"), True)
 
 
 @lru_cache(maxsize=4096)

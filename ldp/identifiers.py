@@ -160,6 +160,12 @@ class PodLocator:
             found = self._urls[key] = self.pod_root(pod) + encode_path(path[1:])
         return found
 
+    def member_url(self, pod: str, container: str, name: str) -> str:
+        """``url(pod, container + name)`` for a resource just created, without keeping it: each
+        new path would take a place among the addresses that are asked for again and again.
+        Quoting works character by character, so the container's URL and the name's quoting join."""
+        return self.url(pod, container) + encode_path(name)
+
     def request_url(self, pod: str, raw_path: str) -> str:
         """The absolute URL of a request as sent (raw path and query), on the origin configuration
         gives the pod — what signatures and DPoP proofs must name."""

@@ -15,7 +15,7 @@ from aiohttp import hdrs, web
 from ldp.accessor import Record
 from ldp.conneg import accepts, choose_rdf_type
 from ldp.errors import BadRequest, MethodNotAllowed, NotAcceptable, NotFound, PodError
-from ldp.headers import STORAGE_DESCRIPTION_PATH, http_date, resource_headers
+from ldp.headers import STORAGE_DESCRIPTION_PATH, created_headers, http_date, resource_headers
 from ldp.identifiers import PodLocator, Target, is_container
 from ldp.listing import stream_listing
 from ldp.patch import parse_patch
@@ -204,9 +204,9 @@ async def handle_post(request: web.Request, target: Target) -> web.StreamRespons
     record = await store.post(
         target.pod, target.path, request.headers.get("Slug"), _wants_container(request), media, body
     )
-    created = Target(target.pod, record.path)
-    headers = _headers(request, created, True)
-    headers["Location"] = _locator(request).url(target.pod, record.path)
+    locator = _locator(request)
+    headers = created_headers(locator, target.pod, target.path, record.path)
+    headers["Location"] = locator.member_url(target.pod, target.path, record.path[len(target.path) :])
     headers["ETag"] = etag(record.version, record.content_type)
     return web.Response(status=201, headers=headers)
 

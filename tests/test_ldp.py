@@ -588,3 +588,29 @@ async def test_ldp(client: TestClient[Any, Any], case: Case) -> None:
                 parse_rdf(follow_body, "text/turtle", f"http://pod.test{path}"),
                 g(case.then_graph, f"http://pod.test{path}"),
             )
+
+
+@pytest.mark.parametrize(
+    "container, extra",
+    [
+        ("/alice/docs/", {}),
+        ("/alice/docs/", {"Slug": "hello"}),
+        ("/alice/docs/", {"Slug": "été-ü~1"}),
+        ("/alice/docs/", {"Slug": "box", "Link": f'<{LDP}BasicContainer>; rel="type"'}),
+        ("/alice/", {"Slug": "top"}),
+    ],
+)
+async def test_a_post_answers_with_the_headers_of_what_it_created(
+    client: TestClient[Any, Any], container: str, extra: dict[str, str]
+) -> None:
+    """201's Location, Link, Allow and Accept-* are those the new resource is then served with."""
+    await seed(client)
+    posted = await client.post(container, headers={**TTL, **extra}, data=NOTE)
+    assert posted.status == 201, await posted.text()
+    location = posted.headers["Location"]
+    assert location.startswith(POD) and location != POD + container.removeprefix("/alice/")
+    head = await client.head(URL(location).raw_path, headers={"Accept": "text/turtle"})
+    assert head.status == 200
+    for name in ("Link", "Allow", "Accept-Patch", "Accept-Put", "Accept-Post", "Vary"):
+        assert posted.headers.get(name) == head.headers.get(name), name
+    assert posted.headers["ETag"] == head.headers["ETag"]
