@@ -183,12 +183,12 @@ def fresh_documents(
     """What a backend's ``create_fresh_in`` writes for (pod, write) ``items``: each document's row
     (pod, path, container, content type, body) and the containers to touch, (pod, path) in order.
     Raises :class:`NotFresh` for a write that is not a plain new document (a container, an ACL, a
-    conditional write, the storage root)."""
+    write conditional on anything but absence, the storage root)."""
     rows: list[tuple[str, str, str, str, bytes]] = []
     containers: set[tuple[str, str]] = set()
     for pod, w in items:
         parent = parent_of(w.path)
-        if parent is None or w.expect is not None or is_container(w.path) or is_acl(w.path):
+        if parent is None or w.expect not in (None, ABSENT) or is_container(w.path) or is_acl(w.path):
             raise NotFresh(w.path)
         rows.append((pod, w.path, parent, w.content_type, w.body))
         containers.add((pod, parent))
@@ -204,6 +204,12 @@ class StorageAccessor(Protocol):
 
     async def write(self, pod: str, write: Write) -> tuple[Record, bool]:
         """Apply one write atomically; returns the new record and whether it was created."""
+        ...
+
+    async def create(self, pod: str, write: Write) -> Record:
+        """``write`` (create-only: ``expect`` is ``ABSENT``) at a name just drawn by
+        ``ldp.names.new_name``, which no resource or container can have yet: creates arriving
+        together may then be stored in one go (``create_fresh_in``)."""
         ...
 
     async def delete(self, pod: str, path: str, expect: str | None = None) -> None:

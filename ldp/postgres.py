@@ -237,7 +237,9 @@ class Tx:
             self.locked.update(todo)
 
 
-async def create_fresh_in(tx: Tx, items: Sequence[tuple[str, Write]], now: float) -> None:
+async def create_fresh_in(
+    tx: Tx, items: Sequence[tuple[str, Write]], now: float, versions: Sequence[str] | None = None
+) -> None:
     """What ``write_in`` does for each (pod, write) of ``items``, for new documents at fresh names
     (``ldp.names.new_name``) in containers that exist, in two statements however many there are:
     the rules of ``ldp.sqlite.create_fresh_in``, which says why. Each write costs ``write_in``
@@ -261,11 +263,28 @@ async def create_fresh_in(tx: Tx, items: Sequence[tuple[str, Write]], now: float
         await conn.execute(
             _INSERT_MANY,
             *(list(column) for column in zip(*rows, strict=True)),
-            [new_version() for _ in rows],
+            [new_version() for _ in rows] if versions is None else list(versions),
             now,
         )
     except asyncpg.UniqueViolationError:
         raise NotFresh("a path is taken") from None
+
+
+async def _create_alone(tx: Tx, part: tuple[str, Write]) -> Record:
+    return (await write_in(tx, *part))[0]
+
+
+async def _creates_together(tx: Tx, parts: Sequence[tuple[str, Write]]) -> list[Record] | None:
+    """Creates at fresh names of one group commit in two statements (``PostgresAccessor.create``),
+    or None with nothing kept."""
+    now = time.time()
+    versions = [new_version() for _ in parts]
+    try:
+        async with tx.conn.transaction():
+            await create_fresh_in(tx, parts, now, versions)
+    except NotFresh:
+        return None
+    return [Record(w.path, w.content_type, w.body, v, now) for (_, w), v in zip(parts, versions, strict=True)]
 
 
 async def write_in(tx: Tx, pod: str, w: Write) -> tuple[Record, bool]:
@@ -770,6 +789,9 @@ class PostgresAccessor:
     # -- writes ----------------------------------------------------------------------------------
     async def write(self, pod: str, write: Write) -> tuple[Record, bool]:
         return await self.batched((pod,), lambda tx: write_in(tx, pod, write))
+
+    async def create(self, pod: str, write: Write) -> Record:
+        return await self.batched((pod,), Together(_creates_together, _create_alone, (pod, write)))
 
     async def delete(self, pod: str, path: str, expect: str | None = None) -> None:
         await self.batched((pod,), lambda tx: delete_in(tx, pod, path, expect))

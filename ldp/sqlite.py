@@ -282,9 +282,18 @@ _INSERT_FRESH = (
     f" VALUES (?, ?, ?, ?, ?, {_SQL_VERSION}, ?, ?)"
 )
 _TOUCH_PATH = f"UPDATE resources SET version={_SQL_VERSION}, modified=? WHERE pod=? AND path=?"
+_INSERT_FRESH_AT = (
+    "INSERT INTO resources(pod, path, parent, content_type, body, version, modified, created)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+)
 
 
-def create_fresh_in(conn: sqlite3.Connection, items: Sequence[tuple[str, Write]], now: float) -> None:
+def create_fresh_in(
+    conn: sqlite3.Connection,
+    items: Sequence[tuple[str, Write]],
+    now: float,
+    versions: Sequence[str] | None = None,
+) -> None:
     """Create documents at fresh names in containers that exist — what ``write_in`` does for each
     (pod, write) of ``items`` — in two statements however many there are.
 
@@ -298,6 +307,8 @@ def create_fresh_in(conn: sqlite3.Connection, items: Sequence[tuple[str, Write]]
     Raises :class:`NotFresh`, possibly after changing things, when a write is not of that kind, a
     container is missing or a path is taken: the caller rolls back to a savepoint it holds and
     writes them with ``write_in``, which creates missing containers and reports conflicts.
+    The documents' versions are drawn by SQLite, or are ``versions`` (one per item) when the
+    caller must answer with them.
     """
     rows, containers = fresh_documents(items)
     before = conn.total_changes
@@ -305,9 +316,45 @@ def create_fresh_in(conn: sqlite3.Connection, items: Sequence[tuple[str, Write]]
     if conn.total_changes - before != len(containers):
         raise NotFresh("a container does not exist")
     try:
-        conn.executemany(_INSERT_FRESH, [(*row, now, now) for row in rows])
+        if versions is None:
+            conn.executemany(_INSERT_FRESH, [(*row, now, now) for row in rows])
+        else:
+            conn.executemany(
+                _INSERT_FRESH_AT, [(*row, v, now, now) for row, v in zip(rows, versions, strict=True)]
+            )
     except sqlite3.IntegrityError:
         raise NotFresh("a path is taken") from None
+
+
+def _create_alone(conn: sqlite3.Connection, part: tuple[str, Write]) -> Record:
+    return _write(conn, *part)[0]
+
+
+def _creates_together(conn: sqlite3.Connection, parts: Sequence[tuple[str, Write]]) -> list[Record] | None:
+    """Creates at fresh names of one group commit in two statements (``SqliteAccessor.create``),
+    or None with nothing kept."""
+    now = time.time()
+    versions = [new_version() for _ in parts]
+    if not fresh(conn, lambda: create_fresh_in(conn, parts, now, versions)):
+        return None
+    return [Record(w.path, w.content_type, w.body, v, now) for (_, w), v in zip(parts, versions, strict=True)]
+
+
+def fresh(conn: sqlite3.Connection, store: Callable[[], object]) -> bool:
+    """Run ``store``, which raises :class:`NotFresh` (possibly after changes) when the short way
+    does not apply, under a savepoint of its own: True when it was stored, False with nothing
+    kept. Any other failure is undone too and raised."""
+    conn.execute("SAVEPOINT fresh")
+    try:
+        store()
+    except BaseException as exc:
+        conn.execute("ROLLBACK TO fresh")
+        conn.execute("RELEASE fresh")
+        if isinstance(exc, NotFresh):
+            return False
+        raise
+    conn.execute("RELEASE fresh")
+    return True
 
 
 def _migrate(conn: sqlite3.Connection) -> list[Migration]:
@@ -694,6 +741,12 @@ class SqliteAccessor:
     async def write(self, pod: str, write: Write) -> tuple[Record, bool]:
         result: tuple[Record, bool] = await self._run(lambda conn: _write(conn, pod, write), savepoint=False)
         return result
+
+    async def create(self, pod: str, write: Write) -> Record:
+        record: Record = await self._run(
+            Together(_creates_together, _create_alone, (pod, write)), savepoint=False
+        )
+        return record
 
     async def delete(self, pod: str, path: str, expect: str | None = None) -> None:
         await self._run(lambda conn: _delete(conn, pod, path, expect), savepoint=False)

@@ -206,7 +206,11 @@ class ResourceStore:
             try:
                 if name and await self._taken(pod, path):
                     raise VersionMismatch("slug taken")
-                record, _ = await self.accessor.write(pod, Write(path, ctype, stored, ABSENT))
+                write = Write(path, ctype, stored, ABSENT)
+                if name:
+                    record, _ = await self.accessor.write(pod, write)
+                else:  # a name just drawn: creates arriving together can be stored in one go
+                    record = await self.accessor.create(pod, write)
                 self._changed(pod, path, "Create", record)
                 return record
             except (VersionMismatch, Conflict):

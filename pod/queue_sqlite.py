@@ -13,7 +13,7 @@ import time
 from collections.abc import Sequence
 
 from ldp.accessor import NotFresh, Together, Write
-from ldp.sqlite import SqliteAccessor, create_fresh_in, write_in
+from ldp.sqlite import SqliteAccessor, create_fresh_in, fresh, write_in
 from pod.queue import Delivery, NewDelivery, Outcome, Publish, Receipt, outdated, publishes, to_check
 from pod.subscriptions import SUBSCRIPTIONS_PATH
 
@@ -112,8 +112,8 @@ def _store_fresh(
     of ``Publisher.publish``, the copies and links of ``Inbox.receipt``) and their containers
     exist. Under a savepoint of its own: False, with nothing kept, when that is not the case, and
     the caller takes the one-by-one way."""
-    conn.execute("SAVEPOINT fresh")
-    try:
+
+    def store() -> None:
         if receipts:
             before = conn.total_changes
             conn.executemany(_RECEIVED, [(r.pod, r.sender, r.event_id, r.path) for r in receipts])
@@ -121,14 +121,8 @@ def _store_fresh(
                 raise NotFresh("a duplicate (or the same event twice in the batch)")
         create_fresh_in(conn, [*writes, *((r.pod, w) for r in receipts for w in r.writes)], now)
         insert_deliveries(conn, [*deliveries, *(d for r in receipts for d in r.forwards)], now)
-    except BaseException as exc:
-        conn.execute("ROLLBACK TO fresh")
-        conn.execute("RELEASE fresh")
-        if isinstance(exc, NotFresh):
-            return False
-        raise
-    conn.execute("RELEASE fresh")
-    return True
+
+    return fresh(conn, store)
 
 
 def _publish_alone(conn: sqlite3.Connection, p: Publish) -> list[bool]:

@@ -22,9 +22,11 @@ from aiohttp.test_utils import TestClient
 
 from ldp.accessor import ABSENT, Record, VersionMismatch, Write
 from ldp.errors import Conflict, NotFound
+from ldp.names import new_name
 from ldp.sqlite import SqliteAccessor, write_in
 
 TTL = "text/turtle"
+TXT = "text/plain"
 
 
 @pytest.fixture
@@ -357,3 +359,51 @@ async def test_processes_take_turns_on_the_writer_lock(tmp_path: Path) -> None:
         assert await first.children("p", "/") == ["/a", "/b", "/q0", "/q1", "/q2", "/q3", "/q4"]
     finally:
         await first.close()
+
+
+async def test_creates_at_fresh_names_arriving_together_are_stored_in_one_go(
+    store: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``create`` (a POST's server-chosen name): creates of one group commit share two
+    statements; what each returns is what is stored; a container among them, or a name taken
+    after all, sends each its own way with the usual answers."""
+    from ldp import postgres, sqlite
+
+    calls: list[int] = []
+    for module in (sqlite, postgres):
+        original = module.create_fresh_in
+
+        def counting(
+            conn: Any, items: Any, now: float, versions: Any = None, original: Any = original
+        ) -> Any:
+            calls.append(len(items))
+            return original(conn, items, now, versions)
+
+        monkeypatch.setattr(module, "create_fresh_in", counting)
+    await store.write("p", Write("/in/", TTL, b""))
+    before = await version(store, "/in/")
+    names = [new_name() for _ in range(5)]
+    records = await asyncio.gather(
+        *(store.create("p", Write(f"/in/{n}", TXT, n.encode(), ABSENT)) for n in names)
+    )
+    assert calls == [5], "the creates did not go in one go"
+    for name, record in zip(names, records, strict=True):
+        stored = await store.get("p", f"/in/{name}")
+        assert stored == record and stored.body == name.encode()
+    assert await version(store, "/in/") != before
+    assert await store.children("p", "/in/") == sorted(f"/in/{n}" for n in names)
+    # A container, and a path that exists after all: the others are stored one by one.
+    calls.clear()
+    taken = f"/in/{names[0]}"
+    results = await asyncio.gather(
+        store.create("p", Write("/in/a", TXT, b"a", ABSENT)),
+        store.create("p", Write("/in/box/", TTL, b"", ABSENT)),
+        store.create("p", Write(taken, TXT, b"again", ABSENT)),
+        return_exceptions=True,
+    )
+    assert calls[0] == 3
+    assert isinstance(results[0], Record) and isinstance(results[1], Record)
+    assert isinstance(results[2], VersionMismatch)
+    record = await store.get("p", taken)
+    assert record is not None and record.body == names[0].encode()
+    assert await store.get("p", "/in/box/") is not None
