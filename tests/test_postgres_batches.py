@@ -4,7 +4,8 @@
 their pods locked first in name order. A refused job leaves the others; a database error in one
 sends every job of the batch to a transaction of its own; two processes batching writes to the
 same pods in opposite orders do not deadlock; a publish whose local copy is refused after its
-first change keeps nothing of it while the publish beside it in the batch is stored.
+first change keeps nothing of it while the publish beside it in the batch is stored; a COMMIT
+that fails fails every job of it, none run again.
 """
 
 from __future__ import annotations
@@ -183,3 +184,29 @@ async def test_a_refused_publish_keeps_nothing_beside_a_stored_one(opened: Backe
     assert await opened.queue.for_event(event_q) == []
     assert len(await opened.queue.for_event(event_p)) == 1
     assert await accessor.children("q", "/inbox/") == []
+
+
+async def test_a_failed_commit_fails_every_job_and_runs_none_again(opened: Backend) -> None:
+    """Whether a COMMIT that failed took effect is not known to the client in general, so its jobs
+    are answered with the error and not run again (here the commit's own check refuses it)."""
+    accessor = opened.accessor
+    assert isinstance(accessor, PostgresAccessor)
+    seen = commits(accessor)
+    runs: list[str] = []
+
+    async def refused_at_commit(tx: Tx) -> None:
+        runs.append("deferred")
+        await tx.conn.execute(
+            "CREATE TEMP TABLE once (x int UNIQUE DEFERRABLE INITIALLY DEFERRED) ON COMMIT DROP;"
+            " INSERT INTO once VALUES (1), (1)"
+        )
+
+    results = await asyncio.gather(
+        accessor.write("p", Write("/f/1", TXT, b"1")),
+        accessor.batched(("q",), refused_at_commit),
+        return_exceptions=True,
+    )
+    assert seen == [(2, "_CommitFailed")]
+    assert all(isinstance(r, asyncpg.UniqueViolationError) for r in results), results
+    assert runs == ["deferred"], "a job of the failed commit ran again"
+    assert await accessor.get("p", "/f/1") is None
