@@ -9,7 +9,7 @@ than a fork.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable, Container, Sequence
+from collections.abc import AsyncIterator, Callable, Container, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, Protocol, TypeVar
 
@@ -19,6 +19,7 @@ from ldp.names import random_hex
 
 P = TypeVar("P")  # a Together job's part
 C = TypeVar("C")  # what a backend's job runs on: a connection, a transaction
+J = TypeVar("J")  # a group commit's job, or what holds it
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,15 +161,21 @@ class Together(Generic[P, C]):
         return self.alone(conn, self.part)
 
 
-def runs_together(jobs: Sequence[object], start: int) -> int:
-    """Where the run of jobs of one ``Together.kind`` that begins at ``start`` ends (exclusive):
-    ``start + 1`` when ``jobs[start]`` has no company."""
-    first = jobs[start]
-    end = start + 1
-    if isinstance(first, Together):
-        while end < len(jobs) and isinstance(job := jobs[end], Together) and job.kind is first.kind:
-            end += 1
-    return end
+def runs(jobs: Sequence[J], job_of: Callable[[J], object] = lambda item: item) -> Iterator[Sequence[J]]:
+    """``jobs`` (or items holding them, ``job_of`` telling which) cut, in order, into runs: each
+    run of ``Together`` jobs of one kind next to each other, and every other job alone."""
+    start = 0
+    while start < len(jobs):
+        first = job_of(jobs[start])
+        end = start + 1
+        if isinstance(first, Together):
+            while end < len(jobs):
+                job = job_of(jobs[end])
+                if not isinstance(job, Together) or job.kind is not first.kind:
+                    break
+                end += 1
+        yield jobs[start:end]
+        start = end
 
 
 class NotFresh(Exception):

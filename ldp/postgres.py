@@ -61,7 +61,7 @@ from ldp.accessor import (
     missing_containers,
     new_version,
     pending,
-    runs_together,
+    runs,
     twin_of,
 )
 from ldp.errors import Conflict, NotFound, PodError
@@ -674,20 +674,15 @@ class PostgresAccessor:
             try:
                 tx = Tx(conn)
                 await tx.lock_pods(pod for item in batch for pod in item.pods)
-                jobs = [item.job for item in batch]
-                start = 0
-                while start < len(jobs):
-                    end = runs_together(jobs, start)
-                    if end - start > 1 and (done := await _together(tx, jobs[start:end])) is not None:
+                for run in runs([item.job for item in batch]):
+                    if len(run) > 1 and (done := await _together(tx, run)) is not None:
                         results.extend(done)
-                        start = end
                         continue
-                    for job in jobs[start:end]:
+                    for job in run:
                         try:
                             results.append(await job(tx))
                         except PodError as exc:
                             results.append(exc)
-                    start = end
                 if tx.acl_changed:
                     await conn.execute(_BUMP_EPOCH)
             except BaseException:

@@ -52,7 +52,7 @@ from ldp.accessor import (
     missing_containers,
     new_version,
     pending,
-    runs_together,
+    runs,
     twin_of,
 )
 from ldp.errors import Conflict, NotFound
@@ -282,10 +282,6 @@ _INSERT_FRESH = (
     f" VALUES (?, ?, ?, ?, ?, {_SQL_VERSION}, ?, ?)"
 )
 _TOUCH_PATH = f"UPDATE resources SET version={_SQL_VERSION}, modified=? WHERE pod=? AND path=?"
-_INSERT_FRESH_AT = (
-    "INSERT INTO resources(pod, path, parent, content_type, body, version, modified, created)"
-    " VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
-)
 
 
 def create_fresh_in(
@@ -319,9 +315,7 @@ def create_fresh_in(
         if versions is None:
             conn.executemany(_INSERT_FRESH, [(*row, now, now) for row in rows])
         else:
-            conn.executemany(
-                _INSERT_FRESH_AT, [(*row, v, now, now) for row, v in zip(rows, versions, strict=True)]
-            )
+            conn.executemany(_INSERT, [(*row, v, now, now) for row, v in zip(rows, versions, strict=True)])
     except sqlite3.IntegrityError:
         raise NotFresh("a path is taken") from None
 
@@ -556,17 +550,13 @@ class SqliteAccessor:
         """The jobs one after another, a run of ``Together`` jobs of one kind in one go when it
         can (``ldp.accessor.Together``), then the commit."""
         results: list[tuple[bool, Any]] = []
-        callables = [job for job, _ in jobs]
         conn.execute("BEGIN IMMEDIATE")
         try:
-            start = 0
-            while start < len(jobs):
-                end = runs_together(callables, start)
-                if end - start > 1 and (done := _together(conn, callables[start:end])) is not None:
+            for run in runs(jobs, lambda item: item[0]):
+                if len(run) > 1 and (done := _together(conn, [job for job, _ in run])) is not None:
                     results.extend((True, result) for result in done)
                 else:
-                    results.extend(_alone(conn, job, savepoint) for job, savepoint in jobs[start:end])
-                start = end
+                    results.extend(_alone(conn, job, savepoint) for job, savepoint in run)
             conn.execute("COMMIT")
         except BaseException:
             if conn.in_transaction:
