@@ -10,7 +10,7 @@ skip with the reason when the database cannot be reached.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +59,21 @@ def backend(request: pytest.FixtureRequest) -> Iterator[Databases]:
 
 def pytest_sessionfinish(session: pytest.Session) -> None:
     close_admin()
+
+
+def spy(
+    monkeypatch: pytest.MonkeyPatch, modules: Iterable[object], name: str, note: Callable[..., object]
+) -> None:
+    """Wrap the function ``name`` of each of ``modules`` so that ``note`` sees the arguments of
+    every call before it runs (how a test tells which way a backend went)."""
+    for module in modules:
+        original = getattr(module, name)
+
+        def wrapped(*args: Any, original: Any = original, **kwargs: Any) -> Any:
+            note(*args, **kwargs)
+            return original(*args, **kwargs)
+
+        monkeypatch.setattr(module, name, wrapped)
 
 
 def make_config(tmp_path: Path, **overrides: Any) -> Config:

@@ -25,7 +25,7 @@ from ldp.names import new_name
 from pod import queue_postgres, queue_sqlite
 from pod.backend import Backend, open_backend
 from pod.queue import NewDelivery, Receipt
-from tests.conftest import make_config
+from tests.conftest import make_config, spy
 from tests.databases import Databases
 
 SENDER = "https://a.example/hub/profile/card#me"
@@ -52,14 +52,7 @@ async def opened(backend: Databases, tmp_path: Path) -> AsyncIterator[Backend]:
 def one_by_one(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """The paths each backend's queue wrote one by one (``write_in``) rather than all at once."""
     written: list[str] = []
-    for module in (queue_sqlite, queue_postgres):
-        original = module.write_in
-
-        def counting(tx: Any, pod: str, w: Write, original: Any = original) -> Any:
-            written.append(w.path)
-            return original(tx, pod, w)
-
-        monkeypatch.setattr(module, "write_in", counting)
+    spy(monkeypatch, (queue_sqlite, queue_postgres), "write_in", lambda tx, pod, w: written.append(w.path))
     return written
 
 
@@ -179,14 +172,12 @@ async def test_a_publish_with_local_recipients_is_stored_at_once(
 def fresh_calls(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     """How many documents each call of a backend's ``create_fresh_in`` was given."""
     calls: list[int] = []
-    for module in (queue_sqlite, queue_postgres):
-        original = module.create_fresh_in
-
-        def counting(conn: Any, items: Any, now: float, original: Any = original) -> Any:
-            calls.append(len(items))
-            return original(conn, items, now)
-
-        monkeypatch.setattr(module, "create_fresh_in", counting)
+    spy(
+        monkeypatch,
+        (queue_sqlite, queue_postgres),
+        "create_fresh_in",
+        lambda _, items, *rest: calls.append(len(items)),
+    )
     return calls
 
 

@@ -24,6 +24,7 @@ from ldp.accessor import ABSENT, Record, VersionMismatch, Write
 from ldp.errors import Conflict, NotFound
 from ldp.names import new_name
 from ldp.sqlite import SqliteAccessor, write_in
+from tests.conftest import spy
 
 TTL = "text/turtle"
 TXT = "text/plain"
@@ -370,16 +371,7 @@ async def test_creates_at_fresh_names_arriving_together_are_stored_in_one_go(
     from ldp import postgres, sqlite
 
     calls: list[int] = []
-    for module in (sqlite, postgres):
-        original = module.create_fresh_in
-
-        def counting(
-            conn: Any, items: Any, now: float, versions: Any = None, original: Any = original
-        ) -> Any:
-            calls.append(len(items))
-            return original(conn, items, now, versions)
-
-        monkeypatch.setattr(module, "create_fresh_in", counting)
+    spy(monkeypatch, (sqlite, postgres), "create_fresh_in", lambda _, items, *rest: calls.append(len(items)))
     await store.write("p", Write("/in/", TTL, b""))
     before = await version(store, "/in/")
     names = [new_name() for _ in range(5)]
