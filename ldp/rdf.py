@@ -9,6 +9,7 @@ reads and writes. Client input is untrusted, so parsing is strict about what it 
   N3 extensions that are not RDF (a literal as subject, for instance).
 - IRIs and literals must survive a round trip: an IRI with a space or a lone UTF-16 surrogate would
   be stored fine and then break every later serialisation of the resource.
+- Literals keep the lexical form they were written with (see ``NORMALIZE_LITERALS`` below).
 
 Failures raise ``BadRequest`` with a one-line message meant for the client.
 """
@@ -76,6 +77,17 @@ _PREFIXES: tuple[tuple[str, URIRef], ...] = tuple(
         ("vcard", VCARD),
     )
 )
+
+# RDF 1.1 Concepts §3.3: "Literal term equality: Two literals are term-equal (the same RDF literal)
+# if and only if the two lexical forms, the two datatype IRIs, and the two language tags (if any)
+# compare equal, character by character." By default rdflib rewrites typed literals into a canonical
+# form as it builds them ("2024-05-01T12:00:00.000Z" becomes "...+00:00", "03" becomes "3", and the
+# "Z" of an xsd:date is dropped, which changes the value), but only on some of its paths: its SPARQL
+# parser keeps a quoted literal as written. A PATCH would then rewrite every literal it does not touch,
+# and a DELETE DATA of a literal exactly as a client read it (which is how clients such as
+# @inrupt/solid-client update a value) would not find it, leaving the old value next to the new one.
+# The switch is process-wide because rdflib's SPARQL and N3 parsers take no per-call option.
+rdflib.NORMALIZE_LITERALS = False
 
 _MAX_MESSAGE = 300
 
@@ -250,7 +262,7 @@ def _ox_term(term: object, bnodes: dict[str, BNode]) -> Node:
         datatype = term.datatype.value
         if datatype == _XSD_STRING:
             return Literal(term.value)
-        return Literal(term.value, datatype=URIRef(datatype))
+        return Literal(term.value, datatype=URIRef(datatype), normalize=False)
     # RDF 1.2 triple terms: not RDF 1.1 data, and nothing downstream could store them.
     raise BadRequest("Invalid RDF: triple terms (<<( ... )>>) are not supported")
 
@@ -342,7 +354,7 @@ def _jsonld_term(term: dict[str, Any] | None, bnodes: dict[str, BNode]) -> Node:
     datatype = term.get("datatype")
     if datatype is None or datatype == _XSD_STRING:
         return Literal(value)
-    return Literal(value, datatype=URIRef(datatype))
+    return Literal(value, datatype=URIRef(datatype), normalize=False)
 
 
 def _check_terms(triples: Iterable[tuple[Node, Node, Node]], media_type: str) -> None:

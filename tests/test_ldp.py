@@ -17,6 +17,7 @@ from rdflib.compare import isomorphic
 from yarl import URL
 
 from ldp.rdf import parse_rdf
+from tests.rdf_exact import exact_graph
 
 POD = "http://pod.test/alice/"
 LDP = "http://www.w3.org/ns/ldp#"
@@ -614,3 +615,44 @@ async def test_a_post_answers_with_the_headers_of_what_it_created(
     for name in ("Link", "Allow", "Accept-Patch", "Accept-Put", "Accept-Post", "Vary"):
         assert posted.headers.get(name) == head.headers.get(name), name
     assert posted.headers["ETag"] == head.headers["ETag"]
+
+
+DATES = b"""@prefix schema: <http://schema.org/> . @prefix xsd: <http://www.w3.org/2001/XMLSchema#> .
+<#it> schema:dateCreated "2024-05-01T12:00:00.000Z"^^xsd:dateTime ;
+    schema:dateModified "2024-05-01T12:00:00.000Z"^^xsd:dateTime ;
+    schema:startDate "2024-01-02Z"^^xsd:date ;
+    schema:position "03"^^xsd:integer .
+"""
+DATES_PATCHED = b"""@prefix schema: <http://schema.org/> . @prefix xsd: <http://www.w3.org/2001/XMLSchema#> .
+<#it> schema:dateCreated "2024-05-01T12:00:00.000Z"^^xsd:dateTime ;
+    schema:dateModified "2024-06-01T08:30:00.000Z"^^xsd:dateTime ;
+    schema:startDate "2024-01-03Z"^^xsd:date ;
+    schema:position "03"^^xsd:integer .
+"""
+
+
+async def test_patch_matches_and_keeps_literals_as_written(client: TestClient[Any, Any]) -> None:
+    """RDF compares literals by lexical form, and so do clients: @inrupt/solid-client deletes a value
+    by sending back, in ``DELETE DATA``, the very literal it read. A PATCH must therefore find the
+    stored literal under its lexical form (else the old value stays next to the new one) and leave
+    the literals it does not touch exactly as they were written."""
+    url = POD + "docs/dates.ttl"
+    put = await client.put("/alice/docs/dates.ttl", headers=TTL, data=DATES)
+    assert put.status == 201, await put.text()
+    sparql = b"""DELETE DATA {<#it> <http://schema.org/dateModified>
+        "2024-05-01T12:00:00.000Z"^^<http://www.w3.org/2001/XMLSchema#dateTime>.};
+    INSERT DATA {<#it> <http://schema.org/dateModified>
+        "2024-06-01T08:30:00.000Z"^^<http://www.w3.org/2001/XMLSchema#dateTime>.};"""
+    patched = await client.patch(
+        "/alice/docs/dates.ttl", headers={"Content-Type": "application/sparql-update"}, data=sparql
+    )
+    assert patched.status == 204, await patched.text()
+    n3 = b"""@prefix solid: <http://www.w3.org/ns/solid/terms#>. @prefix xsd: <http://www.w3.org/2001/XMLSchema#>.
+    _:p a solid:InsertDeletePatch;
+      solid:deletes { <#it> <http://schema.org/startDate> "2024-01-02Z"^^xsd:date . };
+      solid:inserts { <#it> <http://schema.org/startDate> "2024-01-03Z"^^xsd:date . }."""
+    patched = await client.patch("/alice/docs/dates.ttl", headers={"Content-Type": "text/n3"}, data=n3)
+    assert patched.status == 204, await patched.text()
+    got = await client.get("/alice/docs/dates.ttl", headers={"Accept": "text/turtle"})
+    after = exact_graph(await got.read(), url)
+    assert isomorphic(after, exact_graph(DATES_PATCHED, url)), after.serialize(format="nt")
