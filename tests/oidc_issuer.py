@@ -9,24 +9,34 @@ variations a verifier must refuse.
         client = ClientKey.generate("ES256")
         token = issuer.mint_token(webid, client.jkt)
         proof = make_proof(client, "GET", url, access_token=token)
+
+It also runs the client credentials grant (``register_client``, then ``POST /token`` with HTTP Basic
+client authentication and a DPoP proof), which is how a real client library logs a script in; and
+``ThreadedIssuer`` serves it from a thread of its own, for synchronous tests whose server processes
+call it back while the test blocks.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import binascii
 import functools
+import hmac
 import json
+import threading
 import time
 import uuid
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import unquote_plus
 
 import jwt
 from aiohttp import web
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
-from acl.dpop import access_token_hash, jwk_thumbprint
+from acl.dpop import access_token_hash, jose_header, jwk_thumbprint, load_public_jwk
 
 PrivateKey = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey | ed25519.Ed25519PrivateKey
 
@@ -155,6 +165,9 @@ class OidcIssuer:
         self.trailing_slash = trailing_slash
         self.keys: dict[str, tuple[str, PrivateKey]] = {}
         self.requests: list[str] = []
+        # client_id -> (client secret, the WebID its tokens name), for the client credentials grant
+        self.clients: dict[str, tuple[str, str]] = {}
+        self.issued: list[dict[str, Any]] = []  # claims of every token /token handed out
         self.add_key("ec-1", "ES256")
         self.add_key("rsa-1", "RS256")
         self._runner: web.AppRunner | None = None
@@ -166,6 +179,7 @@ class OidcIssuer:
         app = web.Application()
         app.router.add_get("/.well-known/openid-configuration", self._configuration)
         app.router.add_get("/jwks", self._jwks)
+        app.router.add_post("/token", self._token)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         await web.TCPSite(self._runner, "127.0.0.1", 0).start()
@@ -266,6 +280,10 @@ class OidcIssuer:
             payload.pop(name, None)
         return jwt.encode(payload, key, algorithm=alg, headers={"kid": kid, "typ": "at+jwt"})
 
+    def register_client(self, client_id: str, secret: str, webid: str) -> None:
+        """A static client that may use the client credentials grant; its tokens name ``webid``."""
+        self.clients[client_id] = (secret, webid)
+
     # -- HTTP ---------------------------------------------------------------------------------------
 
     async def _configuration(self, request: web.Request) -> web.Response:
@@ -279,9 +297,99 @@ class OidcIssuer:
                 "scopes_supported": ["openid", "offline_access", "webid"],
                 "dpop_signing_alg_values_supported": ["ES256", "RS256"],
                 "id_token_signing_alg_values_supported": ["ES256", "RS256"],
+                "grant_types_supported": ["client_credentials"],
+                "token_endpoint_auth_methods_supported": ["client_secret_basic"],
+                "response_types_supported": ["code"],
+                "subject_types_supported": ["public"],
+                "claims_supported": ["sub", "iss", "aud", "exp", "iat", "webid", "azp", "client_id"],
             }
         )
 
     async def _jwks(self, request: web.Request) -> web.Response:
         self.requests.append(request.path)
         return web.json_response(self.jwks())
+
+    async def _token(self, request: web.Request) -> web.Response:
+        """The client credentials grant (RFC 6749 §4.4) with a DPoP-bound token (RFC 9449 §5).
+
+        Checked as a real provider would, so a client that gets a token here has done its part right:
+        HTTP Basic client authentication, ``grant_type``, and a DPoP proof for this very request
+        (signature by the key in its header, ``htm``, ``htu``, fresh ``iat``). Errors are RFC 6749
+        §5.2 JSON. The token carries ``webid``, ``aud: ["solid", client_id]`` and ``cnf.jkt``.
+        """
+        self.requests.append(request.path)
+        form = await request.post()
+        if form.get("grant_type") != "client_credentials":
+            return _oauth_error(400, "unsupported_grant_type", f"grant_type {form.get('grant_type')!r}")
+        scheme, _, credentials = request.headers.get("Authorization", "").partition(" ")
+        try:
+            client_id, _, secret = base64.b64decode(credentials, validate=True).decode().partition(":")
+        except (binascii.Error, UnicodeDecodeError):
+            client_id, secret = "", ""
+        # RFC 6749 §2.3.1: id and secret are form-urlencoded before they are joined by ":".
+        client_id, secret = unquote_plus(client_id), unquote_plus(secret)
+        known = self.clients.get(client_id)
+        if scheme.lower() != "basic" or known is None or not hmac.compare_digest(known[0], secret):
+            return _oauth_error(401, "invalid_client", "unknown client or wrong secret")
+        proof = request.headers.get("DPoP")
+        if proof is None:
+            return _oauth_error(400, "invalid_dpop_proof", "no DPoP header")
+        try:
+            header = jose_header(proof)
+            alg = str(header.get("alg"))
+            key = load_public_jwk(header.get("jwk"), alg)
+            claims = jwt.decode(proof, key, algorithms=[alg])
+        except (ValueError, KeyError, jwt.PyJWTError) as exc:
+            return _oauth_error(400, "invalid_dpop_proof", f"bad proof: {exc}")
+        endpoint = self.origin + "/token"
+        if header.get("typ") != "dpop+jwt" or claims.get("htm") != "POST" or claims.get("htu") != endpoint:
+            return _oauth_error(400, "invalid_dpop_proof", f"proof does not fit POST {endpoint}: {claims}")
+        if abs(time.time() - float(claims.get("iat", 0))) > 60:
+            return _oauth_error(400, "invalid_dpop_proof", "stale iat")
+        lifetime = 300
+        token = self.mint_token(
+            known[1], jwk_thumbprint(header["jwk"]), client_id=client_id, lifetime=lifetime
+        )
+        self.issued.append(jwt.decode(token, options={"verify_signature": False}))
+        return web.json_response(
+            {
+                "access_token": token,
+                "token_type": "DPoP",
+                "expires_in": lifetime,
+                "scope": form.get("scope", ""),
+            },
+            headers={"Cache-Control": "no-store"},
+        )
+
+
+def _oauth_error(status: int, error: str, description: str) -> web.Response:
+    return web.json_response({"error": error, "error_description": description}, status=status)
+
+
+class ThreadedIssuer:
+    """An :class:`OidcIssuer` on an event loop in a thread of its own.
+
+    A synchronous test blocks while a server process verifies a token, and the server then fetches
+    this issuer's JWKS: the issuer must keep answering, which the test's own thread cannot do.
+
+        with ThreadedIssuer() as issuer:
+            issuer.register_client("app", "secret", webid)
+    """
+
+    def __init__(self, issuer: OidcIssuer | None = None) -> None:
+        self.issuer = issuer or OidcIssuer()
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="oidc-issuer", daemon=True)
+
+    def __enter__(self) -> OidcIssuer:
+        self._thread.start()
+        asyncio.run_coroutine_threadsafe(self.issuer.start(), self._loop).result(10)
+        return self.issuer
+
+    def __exit__(self, *exc: object) -> None:
+        try:
+            asyncio.run_coroutine_threadsafe(self.issuer.close(), self._loop).result(10)
+        finally:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(10)
+            self._loop.close()
