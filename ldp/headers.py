@@ -20,6 +20,10 @@ ACCEPT_POST = RDF_ACCEPT + ", */*"
 ACCEPT_PUT = RDF_ACCEPT + ", */*"
 STORAGE_DESCRIPTION_REL = "http://www.w3.org/ns/solid/terms#storageDescription"
 STORAGE_DESCRIPTION_PATH = "/.well-known/solid"
+OWNER_REL = "http://www.w3.org/ns/solid/terms#owner"
+# What @inrupt/solid-client's getPodOwner / isPodOwner read (Inrupt's own relation, beside the
+# Protocol's), so that apps written with it find the owner too.
+POD_OWNER_REL = "http://www.w3.org/ns/solid/terms#podOwner"
 EXPOSED = (
     "Accept-Patch, Accept-Post, Accept-Put, Allow, Content-Range, ETag, Last-Modified, Link, Location, "
     "Updates-Via, WAC-Allow, WWW-Authenticate, X-Request-Id"
@@ -66,6 +70,13 @@ def _parts(locator: PodLocator, pod: str, path: str, exists: bool) -> tuple[str,
     after = [f'<{locator.url(pod, STORAGE_DESCRIPTION_PATH)}>; rel="{STORAGE_DESCRIPTION_REL}"']
     if path in _LINKS_INBOX:
         after.append(f'<{locator.url(pod, "/inbox/")}>; rel="{LDP.inbox}"')
+    if exists and path == "/":
+        # Solid Protocol §4.1: "When a server wants to advertise the owner of a storage, the server
+        # MUST include the Link header with rel="http://www.w3.org/ns/solid/terms#owner" targeting
+        # the URI of the owner in the response of HTTP HEAD or GET requests targeting the root
+        # container." The storage description says the same (solid:owner).
+        owner = locator.webid(pod)
+        after += [f'<{owner}>; rel="{OWNER_REL}"', f'<{owner}>; rel="{POD_OWNER_REL}"']
     headers = {
         "Allow": allow(path, exists),
         "Accept-Patch": ACCEPT_PATCH,

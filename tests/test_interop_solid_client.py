@@ -287,6 +287,14 @@ def all_answered_2xx(answer: Mapping[str, Any]) -> None:
             assert 200 <= sent["status"] < 300, sent
 
 
+def test_the_pod_root_names_its_owner(world: World) -> None:
+    """solid-client finds a pod's owner in the root container's Link header."""
+    root = world.scenario.run("podOwner", url=world.url(""))
+    assert root["result"] == {"owner": world.server.webid("bob"), "isOwner": True}
+    below = world.scenario.run("podOwner", url=world.url("profile/card"))
+    assert below["result"] == {"owner": None, "isOwner": None}  # only the root says
+
+
 # -- 1. resources -------------------------------------------------------------------------------------
 
 

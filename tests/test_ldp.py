@@ -211,6 +211,20 @@ CASES = [
         expect_contains={"Link": '<http://www.w3.org/ns/pim/space#Storage>; rel="type"'},
     ),
     Case(
+        "root names its owner",
+        "HEAD",
+        "/alice/",
+        200,
+        expect_contains={"Link": f'<{POD}profile/card#me>; rel="http://www.w3.org/ns/solid/terms#owner"'},
+    ),
+    Case(
+        "root names its owner as solid-client looks for it",
+        "GET",
+        "/alice/",
+        200,
+        expect_contains={"Link": f'<{POD}profile/card#me>; rel="http://www.w3.org/ns/solid/terms#podOwner"'},
+    ),
+    Case(
         "acl and storage description links",
         "HEAD",
         "/alice/docs/note.ttl",

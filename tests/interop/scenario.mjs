@@ -30,6 +30,7 @@ import {
   getContentType,
   getDateAll,
   getEffectiveAccess,
+  getPodOwner,
   getPodUrlAll,
   getDatetime,
   getDatetimeAll,
@@ -53,6 +54,7 @@ import {
   hasFallbackAcl,
   hasResourceAcl,
   isContainer,
+  isPodOwner,
   isRawData,
   overwriteFile,
   removeAll,
@@ -137,6 +139,11 @@ const steps = {
     session = new Session();
     await session.login({ oidcIssuer: issuer, clientId, clientSecret, tokenType: "DPoP" });
     return { isLoggedIn: session.info.isLoggedIn, webId: session.info.webId ?? null };
+  },
+
+  async podOwner({ url }) {
+    const info = await getResourceInfo(url, { fetch: authFetch() });
+    return { owner: getPodOwner(info), isOwner: isPodOwner(session.info.webId, info) };
   },
 
   // -- 1. resources -------------------------------------------------------------------------------
