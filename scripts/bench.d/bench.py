@@ -8,7 +8,8 @@ A benchmark, not a test: it starts the server (fresh temp data dir, free loopbac
   p50/p99 latency, non-2xx count, CPU of the server, the load generator and everything else;
 - measurements that drive the server their own way and print their own lines (``acl``: WAC checks
   in-process; ``fanout``: one event to many subscribers on a second server; ``rss``: memory while
-  a million events are stored).
+  a million events are stored; ``floor``: a bare aiohttp application on the server's CPU, what
+  any request costs before the server does anything of its own).
 
 ``--compare`` runs get / notify / list against our server and against the Community Solid Server
 (installed from npm into the temp dir) and prints the ratios; ``--backends`` runs the core workloads
@@ -271,6 +272,54 @@ def _acl(ctx: Context) -> dict[str, Any]:
         "target": f"≤{limit:g} µs mean",
         "verdict": verdict,
     }
+
+
+@measure(
+    "floor",
+    "bare aiohttp on the server's CPU (no middleware, auth or storage): GET, and a JSON POST answered 201",
+    budget=lambda a: 2 * (a.warmup + a.duration) + 90,
+    own_server=False,
+    uses_server=False,
+)
+def _floor(ctx: Context) -> dict[str, Any]:
+    """What a request costs before the server does anything of its own: read each workload's rate
+    against it (at full load, one core's microseconds per request are 1e6 / rate)."""
+    bench = ctx.bench
+    assert bench is not None
+    args = bench.args
+    port = free_port()
+    app = bench._spawn("floor", [PYTHON, str(HERE / "floor_app.py"), str(port)], bench.pin_server, port)
+    event = {"recipient": "http://127.0.0.1/bob/profile/card#me", "topic": "bench/topic#add"}
+    body = json.dumps({**event, "data": {"n": 0, "name": "Ada", "email": "ada@example.org"}}).encode()
+    out: dict[str, Any] = {"verdict": None, "target": "none (a reference)"}
+    try:
+        bench._wait_ready(app, "/", 30, None)
+        origin = f"http://127.0.0.1:{port}"
+        for name, spec in (
+            ("get", Spec("GET", "/")),
+            ("post", Spec("POST", "/", {"Content-Type": "application/json"}, body)),
+        ):
+            if args.warmup > 0:
+                bench.run_load(origin, spec, args.warmup)
+            cpu0 = app.cpu_seconds() or 0.0
+            res = bench.run_load(origin, spec, args.duration)
+            seconds = res["duration_us"] / 1e6
+            rps = res["requests"] / seconds
+            cpu_pct = 100 * ((app.cpu_seconds() or 0.0) - cpu0) / seconds
+            out[name] = {
+                "rps": round(rps, 1),
+                "p99_ms": round(res["latency_us"]["p99"] / 1000, 2),
+                "cpu_pct": round(cpu_pct, 1),
+                "us_per_request": round(1e6 / rps * cpu_pct / 100, 1),
+            }
+            say(
+                "floor",
+                f"{spec.method:<4} {rps:>9.1f} req/s  p99 {out[name]['p99_ms']:.2f} ms  server CPU "
+                f"{cpu_pct:.0f}%: {out[name]['us_per_request']:.1f} µs of CPU per request",
+            )
+    finally:
+        bench.stop(app)
+    return out
 
 
 # -- context for workloads -------------------------------------------------------------------------
