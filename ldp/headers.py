@@ -24,6 +24,10 @@ OWNER_REL = "http://www.w3.org/ns/solid/terms#owner"
 # What @inrupt/solid-client's getPodOwner / isPodOwner read (Inrupt's own relation, beside the
 # Protocol's), so that apps written with it find the owner too.
 POD_OWNER_REL = "http://www.w3.org/ns/solid/terms#podOwner"
+# The storage a resource belongs to, the relation @inrupt/solid-client's getWellKnownSolid follows
+# to find the storage description when the server's origin has none (every pod of a server in path
+# mode shares one origin); the Protocol's own links name the description, not the storage.
+STORAGE_REL = str(PIM.storage)
 EXPOSED = (
     "Accept-Patch, Accept-Post, Accept-Put, Allow, Content-Range, ETag, Last-Modified, Link, Location, "
     "Updates-Via, WAC-Allow, WWW-Authenticate, X-Request-Id"
@@ -67,7 +71,7 @@ def _parts(locator: PodLocator, pod: str, path: str, exists: bool) -> tuple[str,
         types.append(f'<{LDP.BasicContainer}>; rel="type"')
         if path == "/":
             types.append(f'<{PIM.Storage}>; rel="type"')
-    after = [f'<{locator.url(pod, STORAGE_DESCRIPTION_PATH)}>; rel="{STORAGE_DESCRIPTION_REL}"']
+    after = [storage_links(locator, pod)]
     if path in _LINKS_INBOX:
         after.append(f'<{locator.url(pod, "/inbox/")}>; rel="{LDP.inbox}"')
     if exists and path == "/":
@@ -86,6 +90,21 @@ def _parts(locator: PodLocator, pod: str, path: str, exists: bool) -> tuple[str,
     if exists and is_container(path) and not path.startswith("/.well-known/"):
         headers["Accept-Post"] = ACCEPT_POST
     return "".join(f"{link}, " for link in types), "".join(f", {link}" for link in after), headers
+
+
+def storage_links(locator: PodLocator, pod: str) -> str:
+    """The Link header values naming the storage a resource of ``pod`` is in and its description.
+
+    Solid Protocol §4.1: "Servers MUST include the Link header with
+    rel="http://www.w3.org/ns/solid/terms#storageDescription" targeting the URI of the storage
+    description resource in the response of HTTP GET, HEAD and OPTIONS requests targeting a
+    resource in a storage." That holds for a refused request too (401, 403): a client discovers the
+    storage's services, notifications among them, before it knows whether it may read.
+    """
+    return (
+        f'<{locator.url(pod, STORAGE_DESCRIPTION_PATH)}>; rel="{STORAGE_DESCRIPTION_REL}", '
+        f'<{locator.pod_root(pod)}>; rel="{STORAGE_REL}"'
+    )
 
 
 def created_headers(locator: PodLocator, pod: str, container: str, path: str) -> dict[str, str]:

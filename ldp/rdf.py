@@ -17,6 +17,7 @@ Failures raise ``BadRequest`` with a one-line message meant for the client.
 from __future__ import annotations
 
 import codecs
+import io
 import json
 import re
 from collections import deque
@@ -30,6 +31,7 @@ from rdflib import BNode, Literal, URIRef
 from rdflib.graph import QuotedGraph
 from rdflib.namespace import DCTERMS, FOAF, RDF, RDFS, XSD
 from rdflib.plugins.parsers.notation3 import BadSyntax
+from rdflib.plugins.serializers.turtle import TurtleSerializer
 from rdflib.term import Node, Variable
 
 from ldp.errors import BadRequest, NotAcceptable, UnsupportedMediaType
@@ -406,7 +408,9 @@ def _bind_prefixes(graph: rdflib.Graph) -> None:
             manager.bind(prefix, namespace, override=True, replace=True)
 
 
-def serialize_rdf(graph: rdflib.Graph, media_type: str, base: str | None = None) -> bytes:
+def serialize_rdf(
+    graph: rdflib.Graph, media_type: str, base: str | None = None, *, first: URIRef | None = None
+) -> bytes:
     """Serialise ``graph`` as ``media_type`` (one of :data:`RDF_MEDIA_TYPES`), encoded as UTF-8.
 
     Every IRI is written absolute, so a representation means the same wherever it is copied to or
@@ -414,12 +418,42 @@ def serialize_rdf(graph: rdflib.Graph, media_type: str, base: str | None = None)
     does not relativise anything. Turtle output declares the usual Solid prefixes that it uses,
     which binds them on ``graph``'s namespace manager (prefixes never change the triples). JSON-LD
     output is in expanded form: no context, so no client ever has to fetch one.
+
+    ``first`` puts that subject's description before every other one. The order means nothing in
+    RDF, but some clients read "the first subject" of a document (``@inrupt/solid-client``'s
+    notification discovery does so with the storage description), and rdflib's own order is by IRI
+    in Turtle and by hash in JSON-LD, so it differs between processes.
     """
     fmt = _RDFLIB_SERIALIZERS.get(media_type)
     if fmt is None:
         raise NotAcceptable(f"Cannot serialise RDF as {media_type}; available: {', '.join(RDF_MEDIA_TYPES)}")
     if fmt == "turtle":
         _bind_prefixes(graph)
+        if first is not None:
+            serializer = _FirstSubjectTurtle(graph, first)
+            out = io.BytesIO()
+            serializer.serialize(out, encoding="utf-8")
+            return out.getvalue()
     # base=None and an unset graph.base keep rdflib from emitting @base and relative IRIs.
     data: bytes = graph.serialize(format=fmt, encoding="utf-8")
-    return data
+    if first is None:
+        return data
+    if fmt == "json-ld":
+        nodes = json.loads(data)
+        nodes.sort(key=lambda node: (node.get("@id") != str(first), node.get("@id", "")))
+        return json.dumps(nodes, indent=2, ensure_ascii=False).encode()
+    lines = data.decode().splitlines(keepends=True)
+    lines.sort(key=lambda line: not line.startswith(f"<{first}> "))
+    return "".join(lines).encode()
+
+
+class _FirstSubjectTurtle(TurtleSerializer):
+    """rdflib's Turtle serializer with one subject moved to the front."""
+
+    def __init__(self, store: rdflib.Graph, first: URIRef) -> None:
+        super().__init__(store)
+        self._first = first
+
+    def orderSubjects(self) -> list[Node]:
+        subjects: list[Node] = super().orderSubjects()
+        return sorted(subjects, key=lambda subject: subject != self._first)

@@ -110,7 +110,8 @@ class ResourceStore:
         return body
 
     def storage_description(self, pod: str, root: str, media_type: str) -> bytes:
-        """Solid Protocol §4.1.1 storage description: names the storage and its owner."""
+        """Solid Protocol §4.1.1 storage description: names the storage and its owner. The
+        description itself comes first in every syntax (see ``serialize_rdf``)."""
         graph = Graph()
         desc = URIRef(self.locator.url(pod, "/.well-known/solid"))
         graph.add((desc, RDF.type, SOLID.StorageDescription))
@@ -118,7 +119,7 @@ class ResourceStore:
         graph.add((URIRef(root), SOLID.owner, URIRef(self.locator.webid(pod))))
         for describe in self.describers:
             describe(pod, graph)
-        return serialize_rdf(graph, media_type, str(desc))
+        return serialize_rdf(graph, media_type, str(desc), first=desc)
 
     def container_head(self, pod: str, record: Record) -> Graph:
         """A container's own triples plus the server-managed ones, without ``ldp:contains``."""

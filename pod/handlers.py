@@ -14,8 +14,22 @@ from aiohttp import hdrs, web
 
 from ldp.accessor import Record
 from ldp.conneg import accepts, choose_rdf_type
-from ldp.errors import BadRequest, MethodNotAllowed, NotAcceptable, NotFound, PodError
-from ldp.headers import STORAGE_DESCRIPTION_PATH, created_headers, http_date, resource_headers
+from ldp.errors import (
+    BadRequest,
+    Forbidden,
+    MethodNotAllowed,
+    NotAcceptable,
+    NotFound,
+    PodError,
+    Unauthorized,
+)
+from ldp.headers import (
+    STORAGE_DESCRIPTION_PATH,
+    created_headers,
+    http_date,
+    resource_headers,
+    storage_links,
+)
 from ldp.identifiers import PodLocator, Target, is_container
 from ldp.listing import stream_listing
 from ldp.patch import parse_patch
@@ -258,9 +272,16 @@ async def authorize(request: web.Request, target: Target) -> None:
             inserts_only = parsed.inserts_only
         except PodError as exc:
             patch_error = exc
-    permissions = await request.app[AUTHORIZER].authorize(
-        creds, request.method, target.pod, target.path, request.headers.get("Origin"), inserts_only
-    )
+    try:
+        permissions = await request.app[AUTHORIZER].authorize(
+            creds, request.method, target.pod, target.path, request.headers.get("Origin"), inserts_only
+        )
+    except (Unauthorized, Forbidden) as refused:
+        if request.method in ("GET", "HEAD"):
+            # Solid Protocol §4.1 (ldp.headers.storage_links): a refused read names the storage
+            # too, which is how a client finds the storage's services for a resource it may not read.
+            refused.headers["Link"] = storage_links(_locator(request), target.pod)
+        raise
     if permissions is not None:
         request[PERMISSIONS] = permissions
     if patch_error is not None:

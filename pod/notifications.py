@@ -6,6 +6,17 @@
     channel       GET receiveFrom (WebSocket upgrade)    Activity Streams JSON-LD, one message a change
     unsubscribe   DELETE <channel id>                    204, its socket is closed
 
+Apps written with ``@inrupt/solid-client-notifications`` (3.x) speak the protocol's predecessor, the
+notification gateway of Inrupt's Enterprise Solid Server, on the same channels:
+
+    discovery     GET <pod>/.well-known/solid            solid:notificationGateway <gateway>
+    negotiation   POST <gateway> {"protocols", "features"}     200 {"endpoint", "protocol", "features"}
+    connection    POST <endpoint> {"topic", ...features}       200 {"endpoint": receiveFrom, "protocol"}
+                  GET receiveFrom (WebSocket upgrade)    the same messages
+
+Such a client has no way to end a channel but closing its socket, so a gateway channel ends with
+its socket: it is single-use, unlike a WebSocketChannel2023 channel, which lives until ``endAt``.
+
 Changes reach the channels through a :class:`ChangeFeed`: the resource store, the inbox and the
 publisher report each write once it has committed. The feed lives in one process: a change made by
 another server process on the same database is not seen here (see :class:`ChangeFeed`).
@@ -57,6 +68,7 @@ from pod.auth import authenticate
 log = logging.getLogger("pod.notifications")
 
 NOTIFY = Namespace("http://www.w3.org/ns/solid/notifications#")
+SOLID = Namespace("http://www.w3.org/ns/solid/terms#")
 NOTIFY_CONTEXT = "https://www.w3.org/ns/solid/notification/v1"
 AS_CONTEXT = "https://www.w3.org/ns/activitystreams"
 WEBSOCKET_CHANNEL = str(NOTIFY.WebSocketChannel2023)
@@ -64,6 +76,10 @@ PREFIX = "/.well-known/notifications/"
 SERVICE_PATH = PREFIX + "WebSocketChannel2023"
 SOCKET_PREFIX = PREFIX + "ws/"
 CHANNEL_PREFIX = PREFIX + "channels/"
+GATEWAY_PATH = PREFIX + "gateway"  # the notification gateway's negotiation
+CONNECTION_PATH = PREFIX + "websocket"  # the gateway's connection endpoint for "ws"
+# The gateway's features: "state" as in the Notifications Protocol, "ttl" (seconds) as endAt.
+GATEWAY_FEATURES = ("state", "ttl")
 JSONLD = "application/ld+json"
 SUBSCRIPTION_TYPES = (JSONLD, "application/json", "text/turtle")
 FEATURES = (NOTIFY.endAt, NOTIFY.state)
@@ -164,6 +180,7 @@ class Channel:
     origin: str | None
     end_at: float  # epoch seconds
     state: str | None = None  # what the subscriber last knew (the ``state`` feature)
+    single_use: bool = False  # opened through the gateway: ends when its socket closes
     connection: _Connection | None = field(default=None, repr=False)
 
     def expired(self, now: float | None = None) -> bool:
@@ -223,6 +240,9 @@ class Notifications:
         graph.bind("notify", NOTIFY)
         graph.add((desc, NOTIFY.subscription, URIRef(self.service_url(pod))))
         self._describe_service(graph, pod)
+        # The gateway of the protocol's predecessor, which @inrupt/solid-client-notifications reads
+        # from the first subject of this document (the description itself, see serialize_rdf).
+        graph.add((desc, SOLID.notificationGateway, URIRef(self.locator.url(pod, GATEWAY_PATH))))
 
     def _service_description(self, request: web.Request, pod: str) -> web.Response:
         media = choose_rdf_type(request.headers.get(hdrs.ACCEPT))
@@ -257,6 +277,14 @@ class Notifications:
             if method == "OPTIONS":
                 return web.Response(status=204, headers={"Allow": "GET, HEAD, OPTIONS, POST"})
             raise MethodNotAllowed(f"{method} is not allowed on the subscription service")
+        if path in (GATEWAY_PATH, CONNECTION_PATH):
+            if method == "OPTIONS":
+                return web.Response(status=204, headers={"Allow": "OPTIONS, POST"})
+            if method != "POST":
+                raise MethodNotAllowed(f"{method} is not allowed on the notification gateway")
+            if path == GATEWAY_PATH:
+                return await self._negotiate(request, target)
+            return await self._connect(request, target)
         if path.startswith(SOCKET_PREFIX) and method == "GET":
             return await self._socket(request, target.pod, path[len(SOCKET_PREFIX) :])
         if path.startswith(CHANNEL_PREFIX) and method == "DELETE":
@@ -273,37 +301,73 @@ class Notifications:
             raise UnsupportedMediaType(
                 f"A subscription request must be application/ld+json or text/turtle, not {media}"
             )
+        body = await self._request_body(request)
+        if media == "application/json":
+            media = JSONLD
+        if media == JSONLD:
+            self._json_object(body)
+        graph = parse_rdf(body, media, self.service_url(target.pod))
+        subject, topic, end_at, state = self._read_request(graph)
+        channel, receive_from = await self._open(request, target, creds.webid, topic, end_at, state)
+        answer: dict[str, Any] = {
+            "@context": [NOTIFY_CONTEXT],
+            "id": channel.id,
+            "type": WEBSOCKET_CHANNEL,
+            "topic": topic,
+            "receiveFrom": receive_from,
+            "endAt": _iso(channel.end_at),
+        }
+        if state is not None:
+            answer["state"] = state
+        log.info("channel %s on %s for %s (subject %s)", channel.id, topic, creds.webid, subject)
+        return web.Response(status=200, text=json.dumps(answer), content_type=JSONLD)
+
+    async def _request_body(self, request: web.Request) -> bytes:
         body = await request.read()
         if len(body) > self.limits.max_request:
             raise PayloadTooLarge(f"A subscription request is limited to {self.limits.max_request} bytes")
         if not body.strip():
             raise BadRequest("No request body was sent")
-        if media == "application/json":
-            media = JSONLD
-        if media == JSONLD:
-            try:
-                doc = json.loads(body)
-            except (ValueError, UnicodeDecodeError, RecursionError):
-                raise BadRequest("The subscription request is not valid JSON") from None
-            if not isinstance(doc, dict):
-                raise BadRequest("The subscription request must be a JSON object")
-        graph = parse_rdf(body, media, self.service_url(target.pod))
-        subject, topic, end_at, state = self._read_request(graph)
+        return body
+
+    @staticmethod
+    def _json_object(body: bytes) -> dict[str, Any]:
+        try:
+            doc = json.loads(body)
+        except (ValueError, UnicodeDecodeError, RecursionError):
+            raise BadRequest("The subscription request is not valid JSON") from None
+        if not isinstance(doc, dict):
+            raise BadRequest("The subscription request must be a JSON object")
+        return doc
+
+    async def _open(
+        self,
+        request: web.Request,
+        target: Target,
+        webid: str,
+        topic: str,
+        end_at: float | None,
+        state: str | None,
+        *,
+        single_use: bool = False,
+    ) -> tuple[Channel, str]:
+        """A new channel on ``topic`` for ``webid`` once it may read the topic; the channel and
+        its ``receiveFrom`` URL."""
         topic_target = self.locator.target_of_url(topic)
         if topic_target is None or topic_target.pod != target.pod:
             raise UnprocessableEntity(f"The topic {topic} is not a resource of this storage")
         origin = request.headers.get("Origin")
         await self.wac.refresh()
-        if Mode.READ not in await self.wac.modes(topic_target.pod, topic_target.path, creds.webid, origin):
+        if Mode.READ not in await self.wac.modes(topic_target.pod, topic_target.path, webid, origin):
             # Notifications Protocol: a subscription needs read access to the topic resource.
-            raise Forbidden(f"{creds.webid} lacks read access to {topic}")
+            raise Forbidden(f"{webid} lacks read access to {topic}")
         self._sweep()
         if len(self._by_token) >= self.limits.max_channels:
             raise TooManyChannels("Too many notification channels on this server; try again later")
-        mine = sum(1 for c in self._by_token.values() if c.webid == creds.webid)
+        mine = sum(1 for c in self._by_token.values() if c.webid == webid)
         if mine >= self.limits.per_agent:
             raise TooManyChannels(
-                f"{creds.webid} already has {mine} notification channels (limit {self.limits.per_agent})"
+                f"{webid} already has {mine} notification channels (limit {self.limits.per_agent})"
             )
         now = time.time()
         if end_at is not None and end_at <= now:
@@ -316,29 +380,70 @@ class Notifications:
             pod=target.pod,
             path=topic_target.path,
             topic=topic,
-            webid=creds.webid,
+            webid=webid,
             origin=origin,
             end_at=end,
             state=state,
+            single_use=single_use,
         )
         self._by_token[token] = channel
         self._by_id[channel.id] = channel
         self._by_topic.setdefault((channel.pod, channel.path), set()).add(token)
         http_url = self.locator.url(target.pod, SOCKET_PREFIX + token)
         scheme, rest = http_url.split(":", 1)
-        receive_from = ("wss" if scheme == "https" else "ws") + ":" + rest
-        answer: dict[str, Any] = {
+        return channel, ("wss" if scheme == "https" else "ws") + ":" + rest
+
+    # -- the notification gateway (the protocol's predecessor) --------------------------------------
+    async def _negotiate(self, request: web.Request, target: Target) -> web.Response:
+        """``{"protocols": ["ws"], "features": [...]}`` → where to ask for a "ws" connection and
+        which of the asked-for features it offers. Public, like the service description."""
+        doc = self._json_object(await self._request_body(request))
+        protocols, features = doc.get("protocols", []), doc.get("features", [])
+        if not isinstance(protocols, list) or not isinstance(features, list):
+            raise BadRequest('"protocols" and "features" must be lists')
+        if "ws" not in protocols:
+            raise UnprocessableEntity(f'This server offers the "ws" protocol only, not {protocols}')
+        answer = {
+            "endpoint": self.locator.url(target.pod, CONNECTION_PATH),
+            "protocol": "ws",
+            "features": [f for f in GATEWAY_FEATURES if f in features],
+        }
+        return web.json_response(answer)
+
+    async def _connect(self, request: web.Request, target: Target) -> web.Response:
+        """``{"topic": ..., "state"?, "ttl"?}`` → a single-use channel: its ``receiveFrom`` as the
+        ``endpoint``, with the channel's description beside it (``id`` ends it early)."""
+        creds = await authenticate(request, target)
+        if creds.webid is None:
+            raise Unauthorized("Authentication required to subscribe to notifications")
+        doc = self._json_object(await self._request_body(request))
+        topic = doc.get("topic")
+        if not isinstance(topic, str):
+            raise UnprocessableEntity('The request must name one "topic" resource')
+        unsupported = sorted(set(doc) - {"topic", *GATEWAY_FEATURES})
+        if unsupported:
+            raise UnprocessableEntity(f"Unsupported features: {', '.join(unsupported)}")
+        ttl, state = doc.get("ttl"), doc.get("state")
+        if ttl is not None and (isinstance(ttl, bool) or not isinstance(ttl, int | float) or ttl <= 0):
+            raise UnprocessableEntity('"ttl" must be a positive number of seconds')
+        if state is not None and not isinstance(state, str):
+            raise UnprocessableEntity('"state" must be a string')
+        end_at = None if ttl is None else time.time() + float(ttl)
+        channel, receive_from = await self._open(
+            request, target, creds.webid, topic, end_at, state, single_use=True
+        )
+        answer = {
+            "endpoint": receive_from,
+            "protocol": "ws",
             "@context": [NOTIFY_CONTEXT],
             "id": channel.id,
             "type": WEBSOCKET_CHANNEL,
             "topic": topic,
             "receiveFrom": receive_from,
-            "endAt": _iso(end),
+            "endAt": _iso(channel.end_at),
         }
-        if state is not None:
-            answer["state"] = state
-        log.info("channel %s on %s for %s (subject %s)", channel.id, topic, creds.webid, subject)
-        return web.Response(status=200, text=json.dumps(answer), content_type=JSONLD)
+        log.info("gateway channel %s on %s for %s", channel.id, topic, creds.webid)
+        return web.json_response(answer)
 
     @staticmethod
     def _read_request(graph: Graph) -> tuple[object, str, float | None, str | None]:
@@ -438,6 +543,8 @@ class Notifications:
                     await sender
             if channel.connection is conn:
                 channel.connection = None
+            if channel.single_use:
+                self._drop(channel, WSCloseCode.OK, "socket closed")
             if not ws.closed:
                 await ws.close()
         return ws
@@ -505,6 +612,8 @@ class Notifications:
 
 __all__ = [
     "CHANNEL_PREFIX",
+    "CONNECTION_PATH",
+    "GATEWAY_PATH",
     "PREFIX",
     "SERVICE_PATH",
     "Change",

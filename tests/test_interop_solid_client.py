@@ -1,49 +1,42 @@
 """Interoperability with ``@inrupt/solid-client``, the library most Solid apps are written with.
 
-A real ``pod serve`` process (``tests.procs``) hosts the pods ``bob`` (the demo pod) and ``alice``;
-both WebID profiles name the test OpenID Provider (``tests.oidc_issuer``, on a thread of its own) as
-their ``solid:oidcIssuer``. ``tests/interop/scenario.mjs`` logs in as bob with
-``@inrupt/solid-client-authn-node`` by the client credentials grant, so every request it makes
-carries a DPoP-bound access token and proof, and then runs one library call sequence per command
-this test sends. Between commands the test reads the server over plain HTTP - as bob, as alice
-(DPoP tokens minted by the same provider) and anonymously - so that what the library reports is
-checked against what the server actually stored and enforces. RDF is compared as graphs.
-
-The Node packages come from ``tests/interop/package-lock.json`` (``npm ci`` into the gitignored
-``tests/interop/node_modules`` when it is missing or stale). The tests skip only when ``node`` or
-``npm`` is not on PATH.
+``tests/interop/scenario.mjs`` logs in as bob with ``@inrupt/solid-client-authn-node`` by the client
+credentials grant, so every request it makes carries a DPoP-bound access token and proof, and then
+runs one library call sequence per command this test sends (the set-up: ``tests.interop_support``).
+Between commands the test reads the server over plain HTTP - as bob, as alice and anonymously - so
+that what the library reports is checked against what the server actually stored and enforces. RDF
+is compared as graphs.
 """
 
 from __future__ import annotations
 
 import base64
-import hashlib
-import json
-import os
-import queue
 import secrets
-import shutil
-import subprocess
-import threading
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO
-from urllib.parse import urljoin
+from typing import Any
 
 import pytest
 from rdflib import Graph, Literal, Namespace, URIRef
 from rdflib.compare import isomorphic
 
 from ldp.vocab import ACL, LDP, RDF
-from tests.oidc_issuer import ClientKey, OidcIssuer, ThreadedIssuer, make_proof
-from tests.procs import Procs, Response, ServerProcess, request
-from tests.rdf_exact import exact_graph, exact_literal
+from tests.interop_support import (
+    INTEROP,
+    World,
+    acl_url_of,
+    anonymous,
+    issuer,  # noqa: F401 - a fixture
+    node_packages,  # noqa: F401 - a fixture
+    requests_of,
+    running_world,
+    turtle,
+)
+from tests.oidc_issuer import OidcIssuer
+from tests.procs import Procs, Response, request
+from tests.rdf_exact import exact_literal
 
-INTEROP = Path(__file__).resolve().parent / "interop"
 SCRIPT = INTEROP / "scenario.mjs"
-STAMP = INTEROP / "node_modules" / ".interop-installed"
-STEP_TIMEOUT = 30.0
 SCHEMA = Namespace("http://schema.org/")
 XSD = Namespace("http://www.w3.org/2001/XMLSchema#")
 FOAF_AGENT = "http://xmlns.com/foaf/0.1/Agent"
@@ -55,145 +48,7 @@ EVENT = {"type": "AddAction", "object": {"type": "Contact", "name": "Bruce Wayne
 pytestmark = pytest.mark.backends("sqlite")
 
 
-# -- the Node side ------------------------------------------------------------------------------------
-
-
-def _wanted_stamp() -> str:
-    digest = hashlib.sha256()
-    for name in ("package.json", "package-lock.json"):
-        digest.update((INTEROP / name).read_bytes())
-    node = subprocess.run(["node", "--version"], capture_output=True, text=True, check=True).stdout
-    return f"{digest.hexdigest()[:32]} node-{node.strip()}"
-
-
-@pytest.fixture(scope="session")
-def node_packages() -> Path:
-    """``tests/interop/node_modules`` installed from the lock file: ``npm ci`` again whenever
-    package.json, the lock or the Node version changed since the last install (a stamp file)."""
-    missing = [tool for tool in ("node", "npm") if shutil.which(tool) is None]
-    if missing:
-        pytest.skip(f"{' and '.join(missing)} not on PATH: the solid-client interop test needs Node.js")
-    wanted = _wanted_stamp()
-    if not STAMP.is_file() or STAMP.read_text().strip() != wanted:
-        STAMP.unlink(missing_ok=True)
-        done = subprocess.run(
-            ["npm", "ci", "--no-audit", "--no-fund", "--loglevel=error"],
-            cwd=INTEROP,
-            capture_output=True,
-            text=True,
-            timeout=600,
-        )
-        if done.returncode != 0:
-            raise AssertionError(f"npm ci failed ({done.returncode}):\n{done.stdout}\n{done.stderr}")
-        STAMP.write_text(wanted + "\n")
-    return INTEROP / "node_modules"
-
-
-class StepFailed(AssertionError):
-    """A library call the scenario expected to succeed threw; carries what the server answered."""
-
-    def __init__(self, answer: Mapping[str, Any]) -> None:
-        self.answer = answer
-        super().__init__(
-            f"step {answer.get('step')} failed (status {answer.get('status')}): {answer.get('error')}\n"
-            f"requests: {json.dumps(answer.get('requests'), indent=1)}"
-        )
-
-
-class Scenario:
-    """``node scenario.mjs`` as a coroutine: one JSON command in, one JSON answer out."""
-
-    def __init__(self, workdir: Path) -> None:
-        self.stderr_path = workdir / "scenario.stderr"
-        self._stderr = self.stderr_path.open("wb")
-        self.proc = subprocess.Popen(
-            ["node", str(SCRIPT)],
-            cwd=INTEROP,
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=self._stderr,
-            env={**os.environ, "NODE_NO_WARNINGS": "1"},
-        )
-        self._lines: queue.Queue[bytes] = queue.Queue()
-        assert self.proc.stdout is not None
-        threading.Thread(target=self._pump, args=(self.proc.stdout,), daemon=True).start()
-
-    def _pump(self, stream: BinaryIO) -> None:
-        for line in stream:
-            self._lines.put(line)
-        self._lines.put(b"")  # end of output
-
-    def send(self, step: str, **arguments: Any) -> dict[str, Any]:
-        """Run one step; the answer whether or not the library call succeeded."""
-        assert self.proc.stdin is not None
-        self.proc.stdin.write(json.dumps({"step": step, **arguments}).encode() + b"\n")
-        self.proc.stdin.flush()
-        try:
-            line = self._lines.get(timeout=STEP_TIMEOUT)
-        except queue.Empty:
-            raise AssertionError(f"step {step}: no answer in {STEP_TIMEOUT} s\n{self.stderr()}") from None
-        if not line:
-            raise AssertionError(f"step {step}: the script exited ({self.proc.poll()})\n{self.stderr()}")
-        answer: dict[str, Any] = json.loads(line)
-        assert answer["step"] == step
-        print(f"--- {step}: {json.dumps(answer)}")  # pytest shows it when the test fails
-        return answer
-
-    def run(self, step: str, **arguments: Any) -> dict[str, Any]:
-        """Run one step that must succeed; its whole answer (``result`` and ``requests``)."""
-        answer = self.send(step, **arguments)
-        if not answer["ok"]:
-            raise StepFailed(answer)
-        return answer
-
-    def stderr(self) -> str:
-        self._stderr.flush()
-        return self.stderr_path.read_text(errors="replace")[-4000:]
-
-    def close(self) -> None:
-        if self.proc.stdin is not None:
-            self.proc.stdin.close()
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(5)
-        self._stderr.close()
-
-
-# -- agents over plain HTTP ---------------------------------------------------------------------------
-
-
-@dataclass
-class Agent:
-    """Plain HTTP as one WebID: a DPoP-bound token from the test provider and a proof per request."""
-
-    issuer: OidcIssuer
-    webid: str
-    key: ClientKey = field(default_factory=ClientKey.generate)
-
-    def __post_init__(self) -> None:
-        self.token = self.issuer.mint_token(self.webid, self.key.jkt, lifetime=600)
-
-    def __call__(
-        self, method: str, url: str, *, headers: Mapping[str, str] | None = None, body: bytes | None = None
-    ) -> Response:
-        proof = make_proof(self.key, method, url, access_token=self.token)
-        auth = {"Authorization": f"DPoP {self.token}", "DPoP": proof}
-        return request(method, url, headers={**auth, **(headers or {})}, body=body)
-
-
-def anonymous(
-    method: str, url: str, *, headers: Mapping[str, str] | None = None, body: bytes | None = None
-) -> Response:
-    return request(method, url, headers=headers, body=body)
-
-
-def turtle(response: Response, base: str) -> Graph:
-    """The Turtle body of a 200, its literals exactly as served (``tests.rdf_exact``)."""
-    assert response.status == 200, (response.status, response.body[:500])
-    assert response.headers["content-type"].startswith("text/turtle"), response.headers
-    return exact_graph(response.body, base)
+# -- reading the server -------------------------------------------------------------------------------
 
 
 def wac_allow(response: Response) -> dict[str, set[str]]:
@@ -225,59 +80,10 @@ def grants(who: str, target: str, how: str, *modes: str) -> set[Rule]:
     return {(who, target, how, mode) for mode in modes}
 
 
-def acl_url_of(response: Response, url: str) -> str:
-    """The ACL a resource advertises (``Link: <...>; rel="acl"``), absolute."""
-    for link in response.headers["link"].split(","):
-        target, _, params = link.partition(";")
-        if 'rel="acl"' in params.replace(" ", ""):
-            return urljoin(url, target.strip().strip("<>"))
-    raise AssertionError(f"no rel=acl in {response.headers['link']}")
-
-
-# -- the world ----------------------------------------------------------------------------------------
-
-
-@dataclass
-class World:
-    server: ServerProcess
-    issuer: OidcIssuer
-    scenario: Scenario
-    bob: Agent  # the owner of pod bob, for plain-HTTP checks
-    alice: Agent  # the owner of pod alice: "another agent" on bob's pod
-
-    def url(self, path: str) -> str:
-        return self.server.url("bob", path)
-
-
-@pytest.fixture(scope="module")
-def issuer() -> Iterator[OidcIssuer]:
-    with ThreadedIssuer() as running:
-        yield running
-
-
 @pytest.fixture
-def world(node_packages: Path, issuer: OidcIssuer, procs: Procs, tmp_path: Path) -> Iterator[World]:
-    server = procs.server("pods", demo_pod="bob", env={"POD_OIDC_ISSUER": issuer.url})
-    server.cli("create", "alice", "--oidc-issuer", issuer.url).check()
-    client_id, secret = f"bob-app-{secrets.token_hex(4)}", secrets.token_urlsafe(24)
-    issuer.register_client(client_id, secret, server.webid("bob"))
-    scenario = Scenario(tmp_path)
-    try:
-        login = scenario.run("login", issuer=issuer.url, clientId=client_id, clientSecret=secret)
-        assert login["result"] == {"isLoggedIn": True, "webId": server.webid("bob")}
-        yield World(
-            server,
-            issuer,
-            scenario,
-            Agent(issuer, server.webid("bob")),
-            Agent(issuer, server.webid("alice")),
-        )
-    finally:
-        scenario.close()
-
-
-def requests_of(answer: Mapping[str, Any], method: str) -> list[dict[str, Any]]:
-    return [r for r in answer["requests"] if r["method"] == method]
+def world(node_packages: Path, issuer: OidcIssuer, procs: Procs, tmp_path: Path) -> Iterator[World]:  # noqa: F811
+    with running_world(SCRIPT, issuer, procs, tmp_path) as running:
+        yield running
 
 
 def all_answered_2xx(answer: Mapping[str, Any]) -> None:

@@ -241,6 +241,13 @@ CASES = [
         },
     ),
     Case(
+        "storage link",
+        "GET",
+        "/alice/docs/note.ttl",
+        200,
+        expect_contains={"Link": f'<{POD}>; rel="http://www.w3.org/ns/pim/space#storage"'},
+    ),
+    Case(
         "storage description",
         "GET",
         "/alice/.well-known/solid",
@@ -250,6 +257,8 @@ CASES = [
              <http://www.w3.org/ns/solid/terms#owner> <{POD}profile/card#me> .
            @prefix notify: <http://www.w3.org/ns/solid/notifications#> .
            <> notify:subscription <{POD}.well-known/notifications/WebSocketChannel2023> .
+           <> <http://www.w3.org/ns/solid/terms#notificationGateway>
+             <{POD}.well-known/notifications/gateway> .
            <{POD}.well-known/notifications/WebSocketChannel2023>
              notify:channelType notify:WebSocketChannel2023;
              notify:feature notify:endAt, notify:state .""",

@@ -370,3 +370,104 @@ async def test_a_slow_reader_is_disconnected(client: Client) -> None:
         received += 1
     assert msg.type == aiohttp.WSMsgType.CLOSE and ws.close_code == 1013
     assert received <= 2
+
+
+# -- the notification gateway (@inrupt/solid-client-notifications) ---------------------------------
+GATEWAY = "/alice/.well-known/notifications/gateway"
+CONNECTION = "/alice/.well-known/notifications/websocket"
+SOLID = "http://www.w3.org/ns/solid/terms#"
+
+
+async def test_storage_description_names_the_gateway_first(client: Client) -> None:
+    """The library reads ``solid:notificationGateway`` from the first subject of the storage
+    description: the description itself comes first, in JSON-LD (what the library asks for) and
+    in Turtle, whatever order rdflib would pick."""
+    desc = BASE + "alice/.well-known/solid"
+    ld = await client.get("/alice/.well-known/solid", headers={"Accept": "application/ld+json"})
+    nodes = await ld.json(content_type=None)
+    assert nodes[0]["@id"] == desc
+    assert nodes[0][SOLID + "notificationGateway"] == [{"@id": BASE + GATEWAY[1:]}]
+    turtle = await (await client.get("/alice/.well-known/solid", headers={"Accept": "text/turtle"})).text()
+    subjects = [line.split(" ", 1)[0] for line in turtle.splitlines() if line.startswith("<")]
+    assert subjects[0] == f"<{desc}>", turtle
+
+
+async def test_gateway_negotiates_and_connects(make_client: ClientFactory) -> None:
+    """Negotiation (public) names the connection endpoint; the connection answers the channel's
+    socket as ``endpoint``, which delivers the same messages as a WebSocketChannel2023 channel."""
+    anonymous = await make_client(as_agent=None)
+    negotiated = await anonymous.post(GATEWAY, json={"protocols": ["ws"], "features": ["state", "rate"]})
+    assert negotiated.status == 200, await negotiated.text()
+    assert await negotiated.json() == {
+        "endpoint": BASE + CONNECTION[1:],
+        "protocol": "ws",
+        "features": ["state"],
+    }
+
+    client = await make_client()
+    topic = BASE + "alice/notes/g.ttl"
+    answer = await client.post(CONNECTION, json={"topic": topic, "ttl": 600})
+    assert answer.status == 200, await answer.text()
+    described = await answer.json()
+    assert described["protocol"] == "ws" and described["endpoint"] == described["receiveFrom"]
+    assert described["type"] == CHANNEL_TYPE and described["topic"] == topic
+    end_at = datetime.fromisoformat(described["endAt"].replace("Z", "+00:00")).timestamp()
+    assert abs(end_at - time.time() - 600) < 5
+    ws = await client.ws_connect(socket_path(described["endpoint"]))
+    await client.put("/alice/notes/g.ttl", data="<#a> <#b> <#c> .", headers=TURTLE)
+    check_shape(await next_message(ws), "Create", topic)
+    await ws.close()
+
+
+async def test_gateway_channel_ends_with_its_socket(client: Client) -> None:
+    """The gateway's client cannot end a channel but by closing its socket: the channel goes with
+    it (its socket URL is unknown from then on), so it no longer counts against the agent's limit."""
+    notifications: Notifications = client.app[NOTIFICATIONS]
+    notifications.limits.per_agent = 1
+    for _ in range(3):
+        answer = await client.post(CONNECTION, json={"topic": BASE + "alice/"})
+        assert answer.status == 200, await answer.text()
+        endpoint = (await answer.json())["endpoint"]
+        ws = await client.ws_connect(socket_path(endpoint))
+        await ws.close()
+        for _ in range(50):  # the server notices the close on its own schedule
+            gone = await client.get(socket_path(endpoint))
+            if gone.status == 404:
+                break
+            await asyncio.sleep(0.02)
+        assert gone.status == 404
+    # A WebSocketChannel2023 channel outlives its socket until endAt or DELETE.
+    notifications.limits.per_agent = 2
+    described = await channel(client, BASE + "alice/")
+    ws = await connect(client, described)
+    await ws.close()
+    await asyncio.sleep(0.1)
+    again = await connect(client, described)
+    await again.close()
+
+
+@pytest.mark.parametrize(
+    "path,body,agent,status,message",
+    [
+        (CONNECTION, {"topic": BASE + "alice/"}, None, 401, "Authentication required"),
+        (CONNECTION, {"topic": BASE + "alice/private.ttl"}, BOB, 403, "lacks read access"),
+        (CONNECTION, {"topic": BASE + "alice/", "rate": 10}, ALICE, 422, "rate"),
+        (CONNECTION, {"topic": BASE + "alice/", "ttl": "soon"}, ALICE, 422, "ttl"),
+        (CONNECTION, {"topic": BASE + "alice/", "ttl": True}, ALICE, 422, "ttl"),
+        (CONNECTION, {"topic": ["x"]}, ALICE, 422, "topic"),
+        (CONNECTION, {"topic": "https://elsewhere.example/x"}, ALICE, 422, "not a resource of this"),
+        (CONNECTION, [1], ALICE, 400, "JSON object"),
+        (GATEWAY, {"protocols": ["sse"], "features": []}, None, 422, '"ws"'),
+        (GATEWAY, {"protocols": "ws"}, None, 400, "lists"),
+    ],
+)
+async def test_gateway_refusals(
+    client: Client, path: str, body: Any, agent: str | None, status: int, message: str
+) -> None:
+    await client.put("/alice/private.ttl", data="<#a> <#b> <#c> .", headers=TURTLE)
+    response = await client.post(
+        path, json=body, headers={"Authorization": f"WebID {agent}" if agent else ""}
+    )
+    assert response.status == status, await response.text()
+    assert message.lower() in (await response.json())["error"].lower()
+    assert (await client.get(GATEWAY)).status == 405

@@ -135,6 +135,27 @@ async def test_anonymous_gets_401_with_challenge(make_client: ClientFactory) -> 
     assert missing.status == 401
 
 
+async def test_refused_reads_name_the_storage(make_client: ClientFactory) -> None:
+    """Solid Protocol §4.1: the storageDescription link is on every GET/HEAD of a resource in a
+    storage, a refused one too, so that a client finds the storage's services (notifications) for
+    a resource it may not read; the storage link is the one @inrupt/solid-client follows."""
+    client = await make_client(as_agent=None)
+    await setup(client, "", "", True)
+    links = (
+        f'<{POD}.well-known/solid>; rel="http://www.w3.org/ns/solid/terms#storageDescription"',
+        f'<{POD}>; rel="http://www.w3.org/ns/pim/space#storage"',
+    )
+    for method in ("GET", "HEAD"):
+        for headers, status in (({}, 401), (AS_BOB, 403)):
+            response = await client.request(method, "/alice/c/r", headers=headers)
+            assert response.status == status
+            for link in links:
+                assert link in response.headers.get("Link", ""), (method, status, response.headers)
+    # A refused write says nothing more than before.
+    refused = await client.put("/alice/c/r", data="", headers={**TTL, **AS_BOB})
+    assert refused.status == 403 and "Link" not in refused.headers
+
+
 async def test_wac_allow_header(make_client: ClientFactory) -> None:
     client = await make_client(as_agent=None)
     await setup(client, "", "RW", True)

@@ -1,17 +1,12 @@
 // Drives a live pod server with @inrupt/solid-client, the library most Solid apps use, one step per
-// command: tests/test_interop_solid_client.py writes one JSON command per line on stdin
-// ({"step": NAME, ...arguments}) and reads one JSON line per command on stdout
-// ({"step", "ok": true, "result", "requests"} or {"step", "ok": false, "error", "status"}). Between
-// steps the test looks at the server over plain HTTP, so what the library did is checked on the
-// server, not only through the library's own reading of it.
+// command from tests/test_interop_solid_client.py (the line protocol and the login: driver.mjs).
+// Between steps the test looks at the server over plain HTTP, so what the library did is checked on
+// the server, not only through the library's own reading of it.
 //
-// The first command logs in with @inrupt/solid-client-authn-node by the client credentials grant;
-// every later request goes through the session's fetch, so it carries a DPoP-bound access token and
-// a fresh DPoP proof, as an app's requests do. "requests" lists what the library sent for the step
-// (method, URL, the headers that matter, the body of PATCHes) and how the server answered.
+// Every request goes through the logged-in session's fetch, so it carries a DPoP-bound access token
+// and a fresh DPoP proof, as an app's requests do. "requests" lists what the library sent for the
+// step (method, URL, the headers that matter, the body of PATCHes) and how the server answered.
 
-import { createInterface } from "node:readline";
-import { Session } from "@inrupt/solid-client-authn-node";
 import {
   addStringWithLocale,
   buildThing,
@@ -71,43 +66,11 @@ import {
   setThing,
   universalAccess,
 } from "@inrupt/solid-client";
+import { authFetch, serve, state } from "./driver.mjs";
 
 const SCHEMA = "http://schema.org/";
 const RDF_TYPE = "http://www.w3.org/1999/02/22-rdf-syntax-ns#type";
 const NONE = { read: false, append: false, write: false, control: false };
-
-let session = null;
-let recorded = [];
-
-/** The session's fetch, noting each request and its answer for the step's report. */
-function recordingFetch(inner) {
-  return async (input, init = {}) => {
-    const url = typeof input === "string" ? input : input.url;
-    const headers = new Headers(init.headers ?? (typeof input === "string" ? undefined : input.headers));
-    const entry = {
-      method: (init.method ?? "GET").toUpperCase(),
-      url: String(url),
-      contentType: headers.get("content-type"),
-      accept: headers.get("accept"),
-      slug: headers.get("slug"),
-      link: headers.get("link"),
-      ifNoneMatch: headers.get("if-none-match"),
-      ifMatch: headers.get("if-match"),
-    };
-    if (entry.method === "PATCH" && typeof init.body === "string") entry.body = init.body;
-    const response = await inner(input, init);
-    entry.status = response.status;
-    entry.location = response.headers.get("location");
-    entry.responseContentType = response.headers.get("content-type");
-    recorded.push(entry);
-    return response;
-  };
-}
-
-function authFetch() {
-  if (session === null) throw new Error("not logged in: send the login step first");
-  return recordingFetch(session.fetch);
-}
 
 /** The values of one thing that the test compares with what it wrote. */
 function describeNote(dataset, url) {
@@ -135,15 +98,9 @@ function access(acl) {
 }
 
 const steps = {
-  async login({ issuer, clientId, clientSecret }) {
-    session = new Session();
-    await session.login({ oidcIssuer: issuer, clientId, clientSecret, tokenType: "DPoP" });
-    return { isLoggedIn: session.info.isLoggedIn, webId: session.info.webId ?? null };
-  },
-
   async podOwner({ url }) {
     const info = await getResourceInfo(url, { fetch: authFetch() });
-    return { owner: getPodOwner(info), isOwner: isPodOwner(session.info.webId, info) };
+    return { owner: getPodOwner(info), isOwner: isPodOwner(state.session.info.webId, info) };
   },
 
   // -- 1. resources -------------------------------------------------------------------------------
@@ -215,7 +172,7 @@ const steps = {
       childContainer: getSourceUrl(child),
       contained: getContainedResourceUrlAll(listing).sort(),
       effectiveAccess: getEffectiveAccess(info),
-      podUrls: await getPodUrlAll(session.info.webId, { fetch }),
+      podUrls: await getPodUrlAll(state.session.info.webId, { fetch }),
     };
   },
 
@@ -354,28 +311,4 @@ const steps = {
   },
 };
 
-async function run(command) {
-  const handler = steps[command.step];
-  if (handler === undefined) return { step: command.step, ok: false, error: `no step ${command.step}` };
-  recorded = [];
-  try {
-    const result = await handler(command);
-    return { step: command.step, ok: true, result, requests: recorded };
-  } catch (error) {
-    return {
-      step: command.step,
-      ok: false,
-      error: String(error?.message ?? error),
-      status: error?.statusCode ?? error?.response?.status ?? null,
-      requests: recorded,
-    };
-  }
-}
-
-const lines = createInterface({ input: process.stdin, crlfDelay: Infinity });
-for await (const line of lines) {
-  if (!line.trim()) continue;
-  const answer = await run(JSON.parse(line));
-  process.stdout.write(JSON.stringify(answer) + "\n");
-}
-if (session !== null) await session.logout({ logoutType: "app" }).catch(() => {});
+await serve(steps);
