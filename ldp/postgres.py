@@ -443,6 +443,8 @@ class PostgresAccessor:
         self._listening = False  # True while notifications are known to arrive
         self._stored_epoch: int | None = None  # last stored epoch read while not listening
         self._listener: asyncpg.Connection[asyncpg.Record] | None = None
+        # Other channels heard on the same connection (``listen``): channel -> callbacks
+        self._channels: dict[str, list[Callable[[str], None]]] = {}
         self._watch: asyncio.Task[None] | None = None
         self._batch: list[_Batched[object]] = []  # jobs waiting for the next group commit
         self._committer: asyncio.Task[None] | None = None
@@ -530,11 +532,37 @@ class PostgresAccessor:
         if payload == self._schema:  # other schemas of the same database have their own ACLs
             self._epoch += 1
 
+    async def listen(self, channel: str, callback: Callable[[str], None]) -> None:
+        """Hear ``notify(channel, ...)`` from every process on this schema (this one included), on
+        the connection that listens for ACL changes; heard again after it reconnects, and nothing
+        is heard while it is away."""
+        first = channel not in self._channels
+        self._channels.setdefault(channel, []).append(callback)
+        if first and self._listener is not None and not self._listener.is_closed():
+            await self._add_channel(self._listener, channel)
+
+    async def notify(self, channel: str, payload: str) -> None:
+        """``NOTIFY channel`` for the processes on this schema (``listen``); the payload must
+        stay under 8,000 bytes with the schema's name."""
+        await self._require_pool().execute("SELECT pg_notify($1, $2)", channel, f"{self._schema} {payload}")
+
+    async def _add_channel(self, conn: asyncpg.Connection[asyncpg.Record], channel: str) -> None:
+        def heard(_conn: object, _pid: int, _channel: str, payload: object) -> None:
+            schema, _, rest = str(payload).partition(" ")
+            if schema == self._schema:  # other schemas of the database are other deployments
+                for callback in list(self._channels.get(channel, ())):
+                    callback(rest)
+
+        with contextlib.suppress(OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+            await conn.add_listener(channel, heard)
+
     async def _listen(self) -> tuple[asyncpg.Connection[asyncpg.Record], asyncio.Event]:
         conn = await asyncpg.connect(self.dsn, timeout=10.0)
         lost = asyncio.Event()
         conn.add_termination_listener(lambda _c: lost.set())
         try:
+            for channel in self._channels:
+                await self._add_channel(conn, channel)
             await conn.add_listener(CHANNEL, self._notified)
         except BaseException:
             conn.terminate()

@@ -19,6 +19,7 @@ from ldp.errors import Conflict
 from ldp.store import ResourceStore
 from pod.backend import open_backend
 from pod.batch_inbox import install_batch_inbox
+from pod.change_relay import open_relay
 from pod.collector import QuietCollector
 from pod.config import Config
 from pod.cors import add_cors_headers, preflight_middleware
@@ -110,6 +111,8 @@ async def _storage(app: web.Application) -> AsyncIterator[None]:
     )
     app[NOTIFICATIONS] = notifications = Notifications(locator, wac, accessor)
     store.on_change = inbox.on_change = publisher.on_change = notifications.feed.publish
+    feed = notifications.feed
+    feed.relay = await open_relay(backend.name, accessor, config.data_dir, feed.deliver)
     store.describers.append(notifications.describe)
     if config.unsafe_webid_header:
         log.warning(
@@ -125,6 +128,8 @@ async def _storage(app: web.Application) -> AsyncIterator[None]:
     worker.start()  # resumes whatever a previous run left queued
     yield
     await worker.stop()
+    if feed.relay is not None:
+        await feed.relay.close()
     await backend.close()
 
 

@@ -18,8 +18,8 @@ Such a client has no way to end a channel but closing its socket, so a gateway c
 its socket: it is single-use, unlike a WebSocketChannel2023 channel, which lives until ``endAt``.
 
 Changes reach the channels through a :class:`ChangeFeed`: the resource store, the inbox and the
-publisher report each write once it has committed. The feed lives in one process: a change made by
-another server process on the same database is not seen here (see :class:`ChangeFeed`).
+publisher report each write once it has committed, and the other server processes of the
+deployment (``--workers``, several machines on PostgreSQL) pass theirs on (``pod.change_relay``).
 
 Everything is bounded (:class:`Limits`): channels in total and per agent, each channel's lifetime
 (``endAt``), the messages waiting for one socket (a reader too slow to keep up is disconnected, it
@@ -38,7 +38,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import WSCloseCode, WSMsgType, hdrs, web
 from rdflib import Graph, Literal, Namespace, URIRef
@@ -64,6 +64,9 @@ from ldp.identifiers import PodLocator, Target, parent_of
 from ldp.preconditions import etag
 from ldp.rdf import normalize_media_type, parse_rdf, serialize_rdf
 from pod.auth import authenticate
+
+if TYPE_CHECKING:
+    from pod.change_relay import Relay
 
 log = logging.getLogger("pod.notifications")
 
@@ -108,17 +111,17 @@ Listener = Callable[[Change], None]
 
 
 class ChangeFeed:
-    """In-process fan-out of committed changes to listeners (the notification channels).
+    """Fan-out of committed changes to listeners (the notification channels).
 
-    ``publish`` never blocks and never raises into the writer: a listener's failure is logged.
-    Only writes made by this process are seen. To serve several processes (``--workers``, several
-    machines on PostgreSQL) each process would also have to publish its changes to the others, e.g.
-    PostgreSQL ``NOTIFY pod_changes, '<pod> <path> <kind> <state>'`` after commit and a ``LISTEN``
-    connection per process feeding ``publish``; on SQLite, a change log table polled by sequence.
+    ``publish`` (a change this process committed) never blocks and never raises into the writer:
+    a listener's failure is logged. With a ``relay`` (``pod.change_relay``), the change also goes to
+    the other processes of the deployment, which hand it to their own listeners (``deliver``), so a
+    channel hears every process's writes whichever process holds it.
     """
 
     def __init__(self) -> None:
         self._listeners: list[Listener] = []
+        self.relay: Relay | None = None
 
     def subscribe(self, listener: Listener) -> Callable[[], None]:
         self._listeners.append(listener)
@@ -126,11 +129,17 @@ class ChangeFeed:
 
     def publish(self, pod: str, path: str, kind: str, state: str | None = None) -> None:
         change = Change(pod, path, kind, state)
+        self.deliver(change)
+        if self.relay is not None:
+            self.relay.send(change)
+
+    def deliver(self, change: Change) -> None:
+        """Hand ``change`` to this process's listeners (and to no other process)."""
         for listener in list(self._listeners):
             try:
                 listener(change)
             except Exception:
-                log.exception("change listener failed for %s %s", kind, path)
+                log.exception("change listener failed for %s %s", change.kind, change.path)
 
 
 @dataclass
