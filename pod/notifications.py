@@ -20,6 +20,9 @@ its socket: it is single-use, unlike a WebSocketChannel2023 channel, which lives
 Changes reach the channels through a :class:`ChangeFeed`: the resource store, the inbox and the
 publisher report each write once it has committed, and the other server processes of the
 deployment (``--workers``, several machines on PostgreSQL) pass theirs on (``pod.change_relay``).
+A channel's subscription, socket and ``DELETE`` may reach three different processes: its token
+(in ``receiveFrom`` and in its id) carries the channel, signed (``pod.channel_tokens``), so any
+process can open or end it; a channel ended early is passed on as a change of kind ``Ended``.
 
 Everything is bounded (:class:`Limits`): channels in total and per agent, each channel's lifetime
 (``endAt``), the messages waiting for one socket (a reader too slow to keep up is disconnected, it
@@ -64,6 +67,7 @@ from ldp.identifiers import PodLocator, Target, parent_of
 from ldp.preconditions import etag
 from ldp.rdf import normalize_media_type, parse_rdf, serialize_rdf
 from pod.auth import authenticate
+from pod.channel_tokens import ChannelClaims, ChannelTokens
 
 if TYPE_CHECKING:
     from pod.change_relay import Relay
@@ -91,6 +95,7 @@ FEATURES = (NOTIFY.endAt, NOTIFY.state)
 _UNSUPPORTED = (NOTIFY.startAt, NOTIFY.rate, NOTIFY.accept, NOTIFY.sendTo, NOTIFY.sender)
 
 CREATE, UPDATE, DELETE, ADD, REMOVE = "Create", "Update", "Delete", "Add", "Remove"
+ENDED = "Ended"  # a change that is not a write: a channel ended early (its path names its key)
 
 
 class TooManyChannels(PodError):
@@ -182,6 +187,7 @@ class _Connection:
 class Channel:
     id: str
     token: str
+    key: str  # the random part of the token: what a message that the channel ended names
     pod: str
     path: str  # the topic resource
     topic: str
@@ -228,9 +234,15 @@ class Notifications:
         self.limits = limits or Limits()
         self.feed = ChangeFeed()
         self.feed.subscribe(self._on_change)
+        self.tokens = ChannelTokens(self._pod_secret)
         self._by_token: dict[str, Channel] = {}
         self._by_id: dict[str, Channel] = {}
         self._by_topic: dict[tuple[str, str], set[str]] = {}  # (pod, path) → tokens
+        self._ended: dict[str, float] = {}  # keys of channels ended early → their endAt
+
+    async def _pod_secret(self, pod: str) -> bytes | None:
+        found = await self.accessor.pod_key(pod)
+        return None if found is None else found[1]
 
     # -- discovery ---------------------------------------------------------------------------------
     def service_url(self, pod: str) -> str:
@@ -382,25 +394,59 @@ class Notifications:
         if end_at is not None and end_at <= now:
             raise UnprocessableEntity("endAt must be in the future")
         end = min(end_at if end_at is not None else now + self.limits.default_ttl, now + self.limits.max_ttl)
-        token = secrets.token_urlsafe(32)
+        key = secrets.token_hex(16)
+        claims = ChannelClaims(key, topic_target.path, webid, origin, end, state, single_use)
+        channel = self._register(target.pod, await self.tokens.issue(target.pod, claims), claims)
+        return channel, self._receive_from(channel)
+
+    def _register(self, pod: str, token: str, claims: ChannelClaims) -> Channel:
         channel = Channel(
-            id=self.locator.url(target.pod, CHANNEL_PREFIX + uuid.uuid4().hex),
+            # The id carries the token too: any process can then tell whose channel it is.
+            id=self.locator.url(pod, CHANNEL_PREFIX + token),
             token=token,
-            pod=target.pod,
-            path=topic_target.path,
-            topic=topic,
-            webid=webid,
-            origin=origin,
-            end_at=end,
-            state=state,
-            single_use=single_use,
+            key=claims.id,
+            pod=pod,
+            path=claims.path,
+            topic=self.locator.url(pod, claims.path),
+            webid=claims.webid,
+            origin=claims.origin,
+            end_at=claims.end_at,
+            state=claims.state,
+            single_use=claims.single_use,
         )
         self._by_token[token] = channel
         self._by_id[channel.id] = channel
         self._by_topic.setdefault((channel.pod, channel.path), set()).add(token)
-        http_url = self.locator.url(target.pod, SOCKET_PREFIX + token)
+        return channel
+
+    def _receive_from(self, channel: Channel) -> str:
+        http_url = self.locator.url(channel.pod, SOCKET_PREFIX + channel.token)
         scheme, rest = http_url.split(":", 1)
-        return channel, ("wss" if scheme == "https" else "ws") + ":" + rest
+        return ("wss" if scheme == "https" else "ws") + ":" + rest
+
+    async def _known(self, pod: str, token: str, *, register: bool) -> Channel | None:
+        """The channel ``token`` names: this process's own, or one another process opened (with
+        ``--workers`` or several machines, a socket or a DELETE may reach any process), read from
+        the signed token; None when it is unknown, expired or ended early."""
+        channel = self._by_token.get(token)
+        if channel is not None:
+            return channel if channel.pod == pod else None
+        claims = await self.tokens.read(pod, token)
+        if claims is None or claims.end_at <= time.time() or claims.id in self._ended:
+            return None
+        if not register:
+            return self._unregistered(pod, token, claims)
+        self._sweep()
+        if len(self._by_token) >= self.limits.max_channels:
+            raise TooManyChannels("Too many notification channels on this server; try again later")
+        return self._register(pod, token, claims)
+
+    def _unregistered(self, pod: str, token: str, claims: ChannelClaims) -> Channel:
+        url = self.locator.url(pod, CHANNEL_PREFIX + token)
+        topic = self.locator.url(pod, claims.path)
+        return Channel(
+            url, token, claims.id, pod, claims.path, topic, claims.webid, claims.origin, claims.end_at
+        )
 
     # -- the notification gateway (the protocol's predecessor) --------------------------------------
     async def _negotiate(self, request: web.Request, target: Target) -> web.Response:
@@ -487,11 +533,27 @@ class Notifications:
         creds = await authenticate(request, target)
         if creds.webid is None:
             raise Unauthorized("Authentication required to end a notification channel")
-        channel = self._by_id.get(self.locator.url(target.pod, target.path))
+        token = target.path[len(CHANNEL_PREFIX) :]
+        channel = await self._known(target.pod, token, register=False)
         if channel is None or channel.webid != creds.webid:
             raise NotFound(f"No notification channel {self.locator.url(target.pod, target.path)}")
-        self._drop(channel, WSCloseCode.OK, "channel ended")
+        self._end(channel, WSCloseCode.OK, "channel ended")
         return web.Response(status=204)
+
+    def _end(self, channel: Channel, code: int, reason: str) -> None:
+        """End ``channel`` before its time, in every process (its token stays valid until endAt)."""
+        self._drop(channel, code, reason)
+        self.feed.publish(channel.pod, CHANNEL_PREFIX + channel.key, ENDED, repr(channel.end_at))
+
+    def _ended_elsewhere(self, change: Change) -> None:
+        key = change.path[len(CHANNEL_PREFIX) :]
+        try:
+            end_at = float(change.state or "")
+        except ValueError:
+            return
+        self._ended[key] = end_at
+        for channel in [c for c in self._by_token.values() if c.key == key and c.pod == change.pod]:
+            self._drop(channel, WSCloseCode.OK, "channel ended")
 
     # -- channels ----------------------------------------------------------------------------------
     def _drop(self, channel: Channel, code: int, reason: str) -> None:
@@ -509,6 +571,8 @@ class Notifications:
         now = time.time()
         for channel in [c for c in self._by_token.values() if c.expired(now)]:
             self._drop(channel, WSCloseCode.GOING_AWAY, "channel expired")
+        for key in [k for k, end_at in self._ended.items() if end_at <= now]:
+            del self._ended[key]
 
     async def _may_read(self, channel: Channel) -> bool:
         """Re-checked before every message: an ACL change since subscribing takes effect at once
@@ -517,11 +581,12 @@ class Notifications:
         return Mode.READ in await self.wac.modes(channel.pod, channel.path, channel.webid, channel.origin)
 
     async def _socket(self, request: web.Request, pod: str, token: str) -> web.StreamResponse:
-        """WebSocketChannel2023: the ``receiveFrom`` URL, whose unguessable token is the credential
-        (browsers cannot send an Authorization header with a WebSocket)."""
+        """WebSocketChannel2023: the ``receiveFrom`` URL, whose token (signed, unforgeable) is the
+        credential (browsers cannot send an Authorization header with a WebSocket); read access to
+        the topic is checked again before the socket opens."""
         self._sweep()
-        channel = self._by_token.get(token)
-        if channel is None or channel.pod != pod:
+        channel = await self._known(pod, token, register=True)
+        if channel is None:
             raise NotFound("Unknown or expired notification channel")
         if channel.connection is not None:
             raise Conflict("This notification channel already has a connected socket")
@@ -553,7 +618,7 @@ class Notifications:
             if channel.connection is conn:
                 channel.connection = None
             if channel.single_use:
-                self._drop(channel, WSCloseCode.OK, "socket closed")
+                self._end(channel, WSCloseCode.OK, "socket closed")
             if not ws.closed:
                 await ws.close()
         return ws
@@ -590,6 +655,9 @@ class Notifications:
                 return
 
     def _on_change(self, change: Change) -> None:
+        if change.kind == ENDED:
+            self._ended_elsewhere(change)
+            return
         # Every write passes here: build messages only for resources someone watches.
         watched = (change.pod, change.path) in self._by_topic
         parent = parent_of(change.path)

@@ -155,6 +155,49 @@ async def test_an_event_published_through_another_process_is_pushed_live(
     await on_inbox.close()
 
 
+async def test_a_channel_opens_on_any_process_and_ends_on_all(
+    procs: Procs, backend: Databases, http: aiohttp.ClientSession
+) -> None:
+    """Behind ``--workers`` (or a load balancer) the subscription, the socket and the DELETE of
+    one channel may each reach a different process."""
+    a, b = two_processes(procs, backend)
+    public = a.base_url
+    doc = a.url("alice", "notes/doc.ttl")
+    service = a.url("alice", ".well-known/notifications/WebSocketChannel2023")
+    body = {"@context": [CONTEXT], "type": CHANNEL_TYPE, "topic": doc}
+    async with http.post(
+        service, data=json.dumps(body), headers={"Content-Type": "application/ld+json", **owner(a)}
+    ) as response:
+        assert response.status == 200, await response.text()
+        described = await response.json()
+    receive_from, channel_id = described["receiveFrom"], described["id"]
+    on_b = await http.ws_connect(at(b, public, receive_from.replace("ws:", "http:", 1)))
+    async with http.put(doc, data="<#a> <#b> 1 .", headers={**TURTLE, **owner(a)}) as put:
+        assert put.status == 201  # made by a, heard on b's socket
+    assert (await next_message(on_b))["type"] == "Create"
+    # A token altered by one character, or used for another pod, opens nothing.
+    token = receive_from.rsplit("/", 1)[1]
+    forged = receive_from[:-1] + ("A" if receive_from[-1] != "A" else "B")
+    elsewhere = receive_from.replace("/alice/", "/producer/", 1)
+    a.cli("create", "producer").check()
+    for url in (forged, elsewhere):
+        with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+            await http.ws_connect(url)
+        assert refused.value.status == 404, url
+    # Only its subscriber may end it; ended through a, b closes the socket it holds.
+    async with http.delete(channel_id, headers={"Authorization": f"WebID {a.webid('producer')}"}) as other:
+        assert other.status == 404
+    async with http.delete(channel_id, headers=owner(a)) as ended:
+        assert ended.status == 204
+    closed = await on_b.receive(timeout=10)
+    assert closed.type == aiohttp.WSMsgType.CLOSE, closed
+    for server in (a, b):
+        with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+            await http.ws_connect(at(server, public, receive_from.replace("ws:", "http:", 1)))
+        assert refused.value.status == 404
+    assert token in channel_id  # the id carries the token: any process can tell whose channel it is
+
+
 # -- the socket relay on its own ----------------------------------------------------------------------
 sqlite_only = pytest.mark.backends("sqlite")  # no database involved
 
