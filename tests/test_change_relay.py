@@ -198,6 +198,30 @@ async def test_a_channel_opens_on_any_process_and_ends_on_all(
     assert token in channel_id  # the id carries the token: any process can tell whose channel it is
 
 
+async def test_live_updates_with_workers(procs: Procs, http: aiohttp.ClientSession) -> None:
+    """``pod serve --workers 2``: every subscription, socket and write on a connection of its own,
+    spread over the two processes by the kernel; every channel opens and hears every write."""
+    server = procs.server("w", demo_pod="alice", unsafe_webid_header=True, env={"POD_WORKERS": "2"})
+    container = server.url("alice", "live/")
+    async with http.put(container, headers={**TURTLE, **owner(server)}) as made:
+        assert made.status == 201
+    # A new connection for every request, as separate clients would open.
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as fresh:
+        sockets = [await open_channel(fresh, server, container) for _ in range(6)]
+        members = []
+        for i in range(6):
+            doc = server.url("alice", f"live/{i}.ttl")
+            async with fresh.put(doc, data=f"<#n> <#i> {i} .", headers={**TURTLE, **owner(server)}) as put:
+                assert put.status == 201
+            members.append(doc)
+        for ws in sockets:
+            heard = [(await next_message(ws))["object"] for _ in members]
+            # Each process's own changes keep their order; another's may arrive up to 10 ms later
+            # (PostgreSQL), after a later write made here.
+            assert sorted(heard) == members
+            await ws.close()
+
+
 # -- the socket relay on its own ----------------------------------------------------------------------
 sqlite_only = pytest.mark.backends("sqlite")  # no database involved
 
