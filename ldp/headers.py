@@ -28,6 +28,7 @@ POD_OWNER_REL = "http://www.w3.org/ns/solid/terms#podOwner"
 # to find the storage description when the server's origin has none (every pod of a server in path
 # mode shares one origin); the Protocol's own links name the description, not the storage.
 STORAGE_REL = str(PIM.storage)
+UPDATES_PATH = "/.updates"  # the server's solid-0.1 WebSocket endpoint (pod.legacy_updates)
 EXPOSED = (
     "Accept-Patch, Accept-Post, Accept-Put, Allow, Content-Range, ETag, Last-Modified, Link, Location, "
     "Updates-Via, WAC-Allow, WWW-Authenticate, X-Request-Id"
@@ -86,10 +87,16 @@ def _parts(locator: PodLocator, pod: str, path: str, exists: bool) -> tuple[str,
         "Accept-Patch": ACCEPT_PATCH,
         "Accept-Put": ACCEPT_PUT,
         "Vary": "Accept, Authorization, Origin",
+        "Updates-Via": updates_via(locator),
     }
     if exists and is_container(path) and not path.startswith("/.well-known/"):
         headers["Accept-Post"] = ACCEPT_POST
     return "".join(f"{link}, " for link in types), "".join(f", {link}" for link in after), headers
+
+
+def updates_via(locator: PodLocator) -> str:
+    """Where the solid-0.1 live updates of every resource of this server are (``Updates-Via``)."""
+    return ("wss" if locator.scheme == "https" else "ws") + f"://{locator.netloc}{UPDATES_PATH}"
 
 
 def storage_links(locator: PodLocator, pod: str) -> str:

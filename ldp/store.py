@@ -182,13 +182,19 @@ class ResourceStore:
         _refuse_reserved(path)
         ctype, stored = self._validated_body(pod, path, content_type, body)
 
+        new_containers: list[str] = []
+
         async def attempt() -> tuple[Record, bool]:
+            nonlocal new_containers
             current = await self.accessor.get(pod, path)
             check_write(current, cond.if_match, cond.if_none_match)
+            if current is None:
+                new_containers = await self._new_containers(pod, path)
             expect = ABSENT if current is None else current.version
             return await self.accessor.write(pod, Write(path, ctype, stored, expect))
 
         record, created = await self._retry(pod, path, attempt)
+        self._created_containers(pod, new_containers if created else [])
         self._changed(pod, path, "Create" if created else "Update", record)
         return record, created
 
@@ -254,10 +260,14 @@ class ResourceStore:
         url = self.locator.url(pod, path)
         patch = parsed or parse_patch(body, content_type, url)
 
+        new_containers: list[str] = []
+
         async def attempt() -> tuple[Record, bool]:
+            nonlocal new_containers
             current = await self.accessor.get(pod, path)
             check_write(current, cond.if_match, cond.if_none_match)
             if current is None:
+                new_containers = await self._new_containers(pod, path)
                 graph, ctype = Graph(), "text/turtle"
             elif not is_rdf_type(current.content_type):
                 raise UnsupportedMediaType(f"Cannot PATCH a non-RDF resource ({current.content_type})")
@@ -271,8 +281,28 @@ class ResourceStore:
             return await self.accessor.write(pod, Write(path, ctype, stored, expect))
 
         record, created = await self._retry(pod, path, attempt)
+        self._created_containers(pod, new_containers if created else [])
         self._changed(pod, path, "Create" if created else "Update", record)
         return record, created
+
+    async def _new_containers(self, pod: str, path: str) -> list[str]:
+        """The containers a create of ``path`` makes on its way (its missing ancestors, root
+        first), for the change hook; read only when someone listens."""
+        if self.on_change is None or is_acl(path):
+            return []
+        missing: list[str] = []
+        parent = parent_of(path)
+        while parent is not None and parent != "/" and await self.accessor.get(pod, parent) is None:
+            missing.append(parent)
+            parent = parent_of(parent)
+        return missing[::-1]
+
+    def _created_containers(self, pod: str, containers: list[str]) -> None:
+        # Solid Protocol §5.3: "Servers MUST create intermediate containers and include
+        # corresponding containment triples in container representations derived from the URI path
+        # component of PUT and PATCH requests." Those are creations too, and reported as such.
+        for container in containers:
+            self._changed(pod, container, "Create")
 
     async def delete(self, pod: str, path: str, cond: Conditions = NO_CONDITIONS) -> None:
         if path == "/":

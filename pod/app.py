@@ -16,6 +16,7 @@ from acl.oidc import DpopVerifier
 from acl.signatures import SignatureVerifier, webid_key_from_graph
 from acl.wac import Wac
 from ldp.errors import Conflict
+from ldp.headers import UPDATES_PATH
 from ldp.store import ResourceStore
 from pod.backend import open_backend
 from pod.batch_inbox import install_batch_inbox
@@ -27,6 +28,7 @@ from pod.delivery import DeliveryWorker
 from pod.errors import error_middleware
 from pod.handlers import dispatch
 from pod.inbox import Inbox
+from pod.legacy_updates import LegacyUpdates
 from pod.notifications import Notifications
 from pod.observability import OPERATIONS, install_operations, observe_middleware
 from pod.outbound import OutboundClient, OutboundError
@@ -41,6 +43,7 @@ from pod.state import (
     CONFIG,
     DOCUMENTS,
     INBOX_RECEIVER,
+    LEGACY_UPDATES,
     LOCATOR,
     NOTIFICATIONS,
     OUTBOUND,
@@ -113,6 +116,7 @@ async def _storage(app: web.Application) -> AsyncIterator[None]:
     store.on_change = inbox.on_change = publisher.on_change = notifications.feed.publish
     feed = notifications.feed
     feed.relay = await open_relay(backend.name, accessor, config.data_dir, feed.deliver)
+    app[LEGACY_UPDATES] = LegacyUpdates(locator, wac, lambda: app[AUTHENTICATOR], feed.subscribe)
     store.describers.append(notifications.describe)
     if config.unsafe_webid_header:
         log.warning(
@@ -155,6 +159,12 @@ async def _stop_collector(app: web.Application) -> None:
 async def _close_sockets(app: web.Application) -> None:
     if NOTIFICATIONS in app:
         await app[NOTIFICATIONS].close()
+    if LEGACY_UPDATES in app:
+        await app[LEGACY_UPDATES].close()
+
+
+async def _legacy_updates(request: web.Request) -> web.StreamResponse:
+    return await request.app[LEGACY_UPDATES].handle(request)
 
 
 def create_app(config: Config) -> web.Application:
@@ -176,5 +186,6 @@ def create_app(config: Config) -> web.Application:
     app.on_shutdown.append(_close_sockets)
     install_operations(app, config)  # /.health, /.metrics: server routes before the pods' catch-all
     install_batch_inbox(app)  # /.well-known/inbox-batch: events from another server, many at once
+    app.router.add_get(UPDATES_PATH, _legacy_updates)  # solid-0.1 live updates (Updates-Via)
     app.router.add_route("*", "/{tail:.*}", dispatch)
     return app

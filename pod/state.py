@@ -23,6 +23,7 @@ from pod.publish import Publisher
 from pod.queue import DeliveryQueue
 
 if TYPE_CHECKING:  # pod.notifications uses pod.auth, which reads these keys
+    from pod.legacy_updates import LegacyUpdates
     from pod.notifications import Notifications
 
 CONFIG = web.AppKey("config", Config)
@@ -38,6 +39,7 @@ WORKER = web.AppKey("worker", DeliveryWorker)
 PUBLISHER = web.AppKey("publisher", Publisher)
 INBOX_RECEIVER = web.AppKey("inbox", Inbox)
 NOTIFICATIONS: web.AppKey[Notifications] = web.AppKey("notifications")
+LEGACY_UPDATES: web.AppKey[LegacyUpdates] = web.AppKey("legacy_updates")
 COLLECTOR = web.AppKey("collector", QuietCollector)
 
 # Per-request state, set before the handler runs.

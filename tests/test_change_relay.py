@@ -198,6 +198,23 @@ async def test_a_channel_opens_on_any_process_and_ends_on_all(
     assert token in channel_id  # the id carries the token: any process can tell whose channel it is
 
 
+async def test_solid_0_1_hears_the_writes_of_another_process(
+    procs: Procs, backend: Databases, http: aiohttp.ClientSession
+) -> None:
+    a, b = two_processes(procs, backend)
+    doc = a.url("alice", "notes/legacy.ttl")
+    async with http.head(a.url("alice", ""), headers=owner(a)) as head:
+        via = head.headers["Updates-Via"]
+    ws = await http.ws_connect(via, protocols=("solid-0.1",))
+    for line in (f"auth WebID {a.webid('alice')}", f"sub {doc}"):
+        await ws.send_str(line)
+    assert [(await ws.receive(timeout=10)).data for _ in range(2)] == ["protocol solid-0.1", f"ack {doc}"]
+    async with http.put(at(b, a.base_url, doc), data="<#a> <#b> 1 .", headers={**TURTLE, **owner(a)}) as put:
+        assert put.status == 201
+    assert (await ws.receive(timeout=10)).data == f"pub {doc}"
+    await ws.close()
+
+
 async def test_live_updates_with_workers(procs: Procs, http: aiohttp.ClientSession) -> None:
     """``pod serve --workers 2``: every subscription, socket and write on a connection of its own,
     spread over the two processes by the kernel; every channel opens and hears every write."""
