@@ -53,6 +53,8 @@ class _Session:
     dpop: str | None = None
     # (pod, path) → the agent it subscribed as (None: the public)
     watching: dict[tuple[str, str], str | None] = field(default_factory=dict)
+    # subscriptions whose access check is under way → the pubs that arrived meanwhile
+    pending: dict[tuple[str, str], list[str]] = field(default_factory=dict)
     queue: asyncio.Queue[str] = field(default_factory=lambda: asyncio.Queue(maxsize=1000))
 
 
@@ -119,6 +121,40 @@ class LegacyUpdates:
         if key not in session.watching and len(session.watching) >= MAX_SUBSCRIPTIONS:
             self._say(session, f"error {url} too many subscriptions on this socket")
             return
+        # Listening starts now, before the checks that may wait: a client that writes right after
+        # sending its sub (as solid-crud-tests does) must hear of that write.
+        if key not in session.watching:
+            session.pending.setdefault(key, [])
+            self._watchers.setdefault(key, set()).add(session)
+        try:
+            proven, webid = await self._identify(session, target.pod, url)
+            allowed = proven and await self._may_read(target.pod, target.path, webid, session.origin)
+        except BaseException:
+            self._settle(session, key, None, allowed=False)
+            raise
+        if not proven:
+            self._settle(session, key, None, allowed=False)
+            return
+        if not allowed:
+            self._settle(session, key, None, allowed=False)
+            self._say(session, f"error {url} forbidden")
+            return
+        self._say(session, f"ack {url}")
+        self._settle(session, key, webid, allowed=True)
+
+    def _settle(self, session: _Session, key: tuple[str, str], webid: str | None, *, allowed: bool) -> None:
+        """End a subscription's wait: watch and send what arrived meanwhile, or stop listening."""
+        held = session.pending.pop(key, [])
+        if allowed:
+            session.watching[key] = webid
+            for line in held:
+                self._say(session, line)
+        elif key not in session.watching:
+            self._unwatch(session, key)
+
+    async def _identify(self, session: _Session, pod: str, url: str) -> tuple[bool, str | None]:
+        """The agent the ``auth``/``dpop`` lines prove for a GET of ``url`` (None: the public), or
+        (False, None), an error said, when they prove nothing."""
         webid: str | None = None
         if session.authorization is not None:
             headers = {"Authorization": session.authorization}
@@ -126,18 +162,13 @@ class LegacyUpdates:
                 headers["DPoP"] = session.dpop
             try:
                 creds = await self.authenticator().authenticate(
-                    method="GET", url=url, pod=target.pod, headers=headers, body=None
+                    method="GET", url=url, pod=pod, headers=headers, body=None
                 )
             except PodError as exc:
                 self._say(session, f"error {url} {exc.message}")
-                return
+                return False, None
             webid = creds.webid
-        if not await self._may_read(target.pod, target.path, webid, session.origin):
-            self._say(session, f"error {url} forbidden")
-            return
-        session.watching[key] = webid
-        self._watchers.setdefault(key, set()).add(session)
-        self._say(session, f"ack {url}")
+        return True, webid
 
     async def _may_read(self, pod: str, path: str, webid: str | None, origin: str | None) -> bool:
         await self.wac.refresh()
@@ -182,7 +213,11 @@ class LegacyUpdates:
         if sessions:
             line = f"pub {self.locator.url(pod, path)}"
             for session in list(sessions):
-                self._say(session, line)
+                held = session.pending.get((pod, path))
+                if held is not None and (pod, path) not in session.watching:
+                    held.append(line)
+                else:
+                    self._say(session, line)
 
     def _unwatch(self, session: _Session, key: tuple[str, str]) -> None:
         session.watching.pop(key, None)

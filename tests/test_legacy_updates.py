@@ -12,6 +12,7 @@ import aiohttp
 import pytest
 from aiohttp.test_utils import TestClient
 
+from pod.state import LEGACY_UPDATES
 from tests.conftest import ALICE
 
 BASE = "http://pod.test/"
@@ -148,3 +149,28 @@ async def test_intermediate_containers_are_reported_as_created(client: Client) -
     await silent(ws)
     await ws.close()
     await channel.close()
+
+
+async def test_a_change_during_the_access_check_is_heard_after_the_ack(
+    client: Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Clients write right after sending ``sub``, without waiting for the ``ack`` (solid-crud-tests
+    does): a change committed while the subscription's access check is still under way is held
+    and sent once it is granted."""
+    legacy = client.app[LEGACY_UPDATES]
+    checking, release = asyncio.Event(), asyncio.Event()
+    real = legacy._may_read
+
+    async def slow(*args: Any) -> bool:
+        checking.set()
+        await release.wait()
+        return await real(*args)
+
+    monkeypatch.setattr(legacy, "_may_read", slow)
+    doc = BASE + "alice/private/doc.ttl"
+    ws = await updates(client, f"auth WebID {ALICE}", f"sub {doc}")
+    await asyncio.wait_for(checking.wait(), 5)
+    assert (await client.put("/alice/private/doc.ttl", data="<#a> <#b> 1 .", headers=TURTLE)).status == 201
+    release.set()
+    assert [await said(ws), await said(ws)] == [f"ack {doc}", f"pub {doc}"]
+    await ws.close()
