@@ -16,7 +16,7 @@ import re
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -73,8 +73,11 @@ def filter_container(pattern: str) -> str:
     return f"{TOPIC_ROOT}{base}/"
 
 
+_SPACE = re.compile(r"\s")  # str.isspace's characters, found in one pass of C
+
+
 def is_webid(value: object) -> bool:
-    if not isinstance(value, str) or any(c.isspace() for c in value):
+    if not isinstance(value, str) or _SPACE.search(value):
         return False
     parts = urlsplit(value)
     return parts.scheme in ("http", "https") and bool(parts.hostname)
@@ -146,9 +149,12 @@ def validate_batch(parsed: object) -> list[EventRequest]:
 
 
 def now_fields(now: float | None = None) -> dict[str, Any]:
-    ts = time.time() if now is None else now
-    iso = datetime.fromtimestamp(ts, tz=UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-    return {"time": iso, "timestamp": int(ts * 1000)}
+    """``time`` (ISO 8601, UTC, milliseconds) and ``timestamp`` (epoch milliseconds), both from the
+    same whole millisecond, so they always name the same instant."""
+    ms = int((time.time() if now is None else now) * 1000)
+    seconds, millis = divmod(ms, 1000)
+    iso = f"{time.strftime('%Y-%m-%dT%H:%M:%S', time.gmtime(seconds))}.{millis:03d}Z"
+    return {"time": iso, "timestamp": ms}
 
 
 def event_document(
