@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import re
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -179,7 +179,19 @@ def event_document(
     return doc
 
 
-_CONTEXT_MEMBER = '"@context": ' + json.dumps(EVENTS_CONTEXT)
+# json.dumps of a string, without the encoder's dispatch around it (the same bytes: ASCII-escaped).
+_quote: Callable[[str], str] = json.encoder.encode_basestring_ascii
+_CONTEXT_MEMBER = '"@context": ' + _quote(EVENTS_CONTEXT)
+
+
+def topic_link(at: str, href: str, event_id: str, topic: Topic) -> bytes:
+    """The document that lists an event under its topic container: the same bytes as
+    ``json.dumps({"@context": ..., "@id": at, "href": href, "id": event_id, "topic": topic})``,
+    spliced, as one is stored for every event a pod receives."""
+    return (
+        f'{{{_CONTEXT_MEMBER}, "@id": {_quote(at)}, "href": {_quote(href)}, '
+        f'"id": {_quote(event_id)}, "topic": {_quote(str(topic))}}}'
+    ).encode()
 
 
 @dataclass(frozen=True)
@@ -205,11 +217,11 @@ class EventJson:
         None; ``originalRecipient`` is added last unless the members already have one."""
         parts = [_CONTEXT_MEMBER]
         if at is not None:
-            parts.append('"@id": ' + json.dumps(at))
+            parts.append('"@id": ' + _quote(at))
         if self.members:
             parts.append(self.members)
         if original_recipient is not None and not self.has_original_recipient:
-            parts.append('"originalRecipient": ' + json.dumps(original_recipient))
+            parts.append('"originalRecipient": ' + _quote(original_recipient))
         return ("{" + ", ".join(parts) + "}").encode()
 
 

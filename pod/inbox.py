@@ -24,7 +24,6 @@ one. No read ahead of it is needed, and none could settle it, since two copies m
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
@@ -36,7 +35,7 @@ from ldp.errors import BadRequest, Forbidden
 from ldp.identifiers import PodLocator
 from ldp.names import new_name
 from ldp.store import ChangeHook
-from pod.events import EVENTS_CONTEXT, NO_TOPIC, EventJson, Topic, is_webid
+from pod.events import NO_TOPIC, EventJson, Topic, is_webid, topic_link
 from pod.queue import UNCHECKED, DeliveryQueue, NewDelivery, Outdated, Receipt
 from pod.subscriptions import SUBSCRIPTIONS_PATH, SubscriptionCache, permitted
 
@@ -234,16 +233,10 @@ class Inbox:
         # A fresh name is hex, which URLs carry as is: its URL is its container's plus the name.
         url = self.locator.url(pod, INBOX) + name
         link_path = topic.container + name
-        link = {
-            "@context": EVENTS_CONTEXT,
-            "@id": self.locator.url(pod, topic.container) + name,
-            "href": url,
-            "id": event_id,
-            "topic": str(topic),
-        }
+        link = topic_link(self.locator.url(pod, topic.container) + name, url, event_id, topic)
         writes = (
             Write(path, JSONLD, event.document(url, original_recipient=owner)),
-            Write(link_path, JSONLD, json.dumps(link).encode()),
+            Write(link_path, JSONLD, link),
         )
         known = self.subscriptions.remembered(pod, topic) if remembered else None
         if known is not None:
