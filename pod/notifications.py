@@ -41,7 +41,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from aiohttp import WSCloseCode, WSMsgType, hdrs, web
 from rdflib import Graph, Literal, Namespace, URIRef
@@ -102,9 +102,9 @@ class TooManyChannels(PodError):
     status = 429
 
 
-@dataclass(frozen=True)
-class Change:
-    """One committed write: ``kind`` is Create, Update or Delete; ``state`` the new ETag if known."""
+class Change(NamedTuple):
+    """One committed write: ``kind`` is Create, Update or Delete; ``state`` the new ETag if known.
+    (A tuple: every write makes one, and a frozen dataclass costs several times as much to build.)"""
 
     pod: str
     path: str
@@ -659,6 +659,8 @@ class Notifications:
             self._ended_elsewhere(change)
             return
         # Every write passes here: build messages only for resources someone watches.
+        if not self._by_topic:
+            return
         watched = (change.pod, change.path) in self._by_topic
         parent = parent_of(change.path)
         parent_watched = (
