@@ -206,6 +206,18 @@ def _iso(ts: float) -> str:
     return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
+def _description(channel: Channel, topic: str, receive_from: str) -> dict[str, Any]:
+    """A WebSocketChannel2023 channel as a subscription is answered with (``topic`` as asked)."""
+    return {
+        "@context": [NOTIFY_CONTEXT],
+        "id": channel.id,
+        "type": WEBSOCKET_CHANNEL,
+        "topic": topic,
+        "receiveFrom": receive_from,
+        "endAt": _iso(channel.end_at),
+    }
+
+
 def _message(kind: str, obj: str, target: str | None = None, state: str | None = None) -> dict[str, Any]:
     """An Activity Streams notification as in Solid Notifications Protocol §"Notification Message"."""
     message: dict[str, Any] = {
@@ -236,7 +248,6 @@ class Notifications:
         self.feed.subscribe(self._on_change)
         self.tokens = ChannelTokens(self._pod_secret)
         self._by_token: dict[str, Channel] = {}
-        self._by_id: dict[str, Channel] = {}
         self._by_topic: dict[tuple[str, str], set[str]] = {}  # (pod, path) → tokens
         self._ended: dict[str, float] = {}  # keys of channels ended early → their endAt
 
@@ -330,14 +341,7 @@ class Notifications:
         graph = parse_rdf(body, media, self.service_url(target.pod))
         subject, topic, end_at, state = self._read_request(graph)
         channel, receive_from = await self._open(request, target, creds.webid, topic, end_at, state)
-        answer: dict[str, Any] = {
-            "@context": [NOTIFY_CONTEXT],
-            "id": channel.id,
-            "type": WEBSOCKET_CHANNEL,
-            "topic": topic,
-            "receiveFrom": receive_from,
-            "endAt": _iso(channel.end_at),
-        }
+        answer = _description(channel, topic, receive_from)
         if state is not None:
             answer["state"] = state
         log.info("channel %s on %s for %s (subject %s)", channel.id, topic, creds.webid, subject)
@@ -400,7 +404,13 @@ class Notifications:
         return channel, self._receive_from(channel)
 
     def _register(self, pod: str, token: str, claims: ChannelClaims) -> Channel:
-        channel = Channel(
+        channel = self._channel(pod, token, claims)
+        self._by_token[token] = channel
+        self._by_topic.setdefault((channel.pod, channel.path), set()).add(token)
+        return channel
+
+    def _channel(self, pod: str, token: str, claims: ChannelClaims) -> Channel:
+        return Channel(
             # The id carries the token too: any process can then tell whose channel it is.
             id=self.locator.url(pod, CHANNEL_PREFIX + token),
             token=token,
@@ -414,10 +424,6 @@ class Notifications:
             state=claims.state,
             single_use=claims.single_use,
         )
-        self._by_token[token] = channel
-        self._by_id[channel.id] = channel
-        self._by_topic.setdefault((channel.pod, channel.path), set()).add(token)
-        return channel
 
     def _receive_from(self, channel: Channel) -> str:
         http_url = self.locator.url(channel.pod, SOCKET_PREFIX + channel.token)
@@ -435,18 +441,11 @@ class Notifications:
         if claims is None or claims.end_at <= time.time() or claims.id in self._ended:
             return None
         if not register:
-            return self._unregistered(pod, token, claims)
+            return self._channel(pod, token, claims)
         self._sweep()
         if len(self._by_token) >= self.limits.max_channels:
             raise TooManyChannels("Too many notification channels on this server; try again later")
         return self._register(pod, token, claims)
-
-    def _unregistered(self, pod: str, token: str, claims: ChannelClaims) -> Channel:
-        url = self.locator.url(pod, CHANNEL_PREFIX + token)
-        topic = self.locator.url(pod, claims.path)
-        return Channel(
-            url, token, claims.id, pod, claims.path, topic, claims.webid, claims.origin, claims.end_at
-        )
 
     # -- the notification gateway (the protocol's predecessor) --------------------------------------
     async def _negotiate(self, request: web.Request, target: Target) -> web.Response:
@@ -487,16 +486,7 @@ class Notifications:
         channel, receive_from = await self._open(
             request, target, creds.webid, topic, end_at, state, single_use=True
         )
-        answer = {
-            "endpoint": receive_from,
-            "protocol": "ws",
-            "@context": [NOTIFY_CONTEXT],
-            "id": channel.id,
-            "type": WEBSOCKET_CHANNEL,
-            "topic": topic,
-            "receiveFrom": receive_from,
-            "endAt": _iso(channel.end_at),
-        }
+        answer = {"endpoint": receive_from, "protocol": "ws", **_description(channel, topic, receive_from)}
         log.info("gateway channel %s on %s for %s", channel.id, topic, creds.webid)
         return web.json_response(answer)
 
@@ -537,15 +527,15 @@ class Notifications:
         channel = await self._known(target.pod, token, register=False)
         if channel is None or channel.webid != creds.webid:
             raise NotFound(f"No notification channel {self.locator.url(target.pod, target.path)}")
-        self._end(channel, WSCloseCode.OK, "channel ended")
+        self._end(channel)
         return web.Response(status=204)
 
-    def _end(self, channel: Channel, code: int, reason: str) -> None:
-        """End ``channel`` before its time, in every process (its token stays valid until endAt)."""
-        self._drop(channel, code, reason)
+    def _end(self, channel: Channel) -> None:
+        """End ``channel`` before its time in every process, this one included
+        (``_channel_ended``): its token stays valid until endAt, so each must remember it."""
         self.feed.publish(channel.pod, CHANNEL_PREFIX + channel.key, ENDED, repr(channel.end_at))
 
-    def _ended_elsewhere(self, change: Change) -> None:
+    def _channel_ended(self, change: Change) -> None:
         key = change.path[len(CHANNEL_PREFIX) :]
         try:
             end_at = float(change.state or "")
@@ -558,7 +548,6 @@ class Notifications:
     # -- channels ----------------------------------------------------------------------------------
     def _drop(self, channel: Channel, code: int, reason: str) -> None:
         self._by_token.pop(channel.token, None)
-        self._by_id.pop(channel.id, None)
         tokens = self._by_topic.get((channel.pod, channel.path))
         if tokens is not None:
             tokens.discard(channel.token)
@@ -618,7 +607,7 @@ class Notifications:
             if channel.connection is conn:
                 channel.connection = None
             if channel.single_use:
-                self._end(channel, WSCloseCode.OK, "socket closed")
+                self._end(channel)
             if not ws.closed:
                 await ws.close()
         return ws
@@ -656,7 +645,7 @@ class Notifications:
 
     def _on_change(self, change: Change) -> None:
         if change.kind == ENDED:
-            self._ended_elsewhere(change)
+            self._channel_ended(change)
             return
         # Every write passes here: build messages only for resources someone watches.
         if not self._by_topic:
