@@ -67,17 +67,22 @@ async def http() -> AsyncIterator[aiohttp.ClientSession]:
         yield session
 
 
-async def open_channel(
-    http: aiohttp.ClientSession, server: ServerProcess, topic: str
-) -> aiohttp.ClientWebSocketResponse:
+async def subscribe(http: aiohttp.ClientSession, server: ServerProcess, topic: str) -> dict[str, Any]:
+    """alice's channel on ``topic``, subscribed through ``server``: its description."""
     service = server.url("alice", ".well-known/notifications/WebSocketChannel2023")
     body = {"@context": [CONTEXT], "type": CHANNEL_TYPE, "topic": topic}
     async with http.post(
         service, data=json.dumps(body), headers={"Content-Type": "application/ld+json", **owner(server)}
     ) as response:
         assert response.status == 200, await response.text()
-        described = await response.json()
-    return await http.ws_connect(described["receiveFrom"])
+        described: dict[str, Any] = await response.json()
+    return described
+
+
+async def open_channel(
+    http: aiohttp.ClientSession, server: ServerProcess, topic: str
+) -> aiohttp.ClientWebSocketResponse:
+    return await http.ws_connect((await subscribe(http, server, topic))["receiveFrom"])
 
 
 async def next_message(ws: aiohttp.ClientWebSocketResponse, timeout: float = 10.0) -> dict[str, Any]:
@@ -163,13 +168,7 @@ async def test_a_channel_opens_on_any_process_and_ends_on_all(
     a, b = two_processes(procs, backend)
     public = a.base_url
     doc = a.url("alice", "notes/doc.ttl")
-    service = a.url("alice", ".well-known/notifications/WebSocketChannel2023")
-    body = {"@context": [CONTEXT], "type": CHANNEL_TYPE, "topic": doc}
-    async with http.post(
-        service, data=json.dumps(body), headers={"Content-Type": "application/ld+json", **owner(a)}
-    ) as response:
-        assert response.status == 200, await response.text()
-        described = await response.json()
+    described = await subscribe(http, a, doc)
     receive_from, channel_id = described["receiveFrom"], described["id"]
     on_b = await http.ws_connect(at(b, public, receive_from.replace("ws:", "http:", 1)))
     async with http.put(doc, data="<#a> <#b> 1 .", headers={**TURTLE, **owner(a)}) as put:
