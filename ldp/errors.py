@@ -14,6 +14,7 @@ them into responses, so handlers never build error responses themselves.
     ├── PreconditionFailed    412  ``If-Match`` / ``If-None-Match`` on writes
     ├── PayloadTooLarge       413
     ├── UnsupportedMediaType  415
+    ├── RangeNotSatisfiable   416  no byte range of ``Range`` lies within the representation
     └── UnprocessableEntity   422  well-formed but meaningless (e.g. a malformed N3 Patch)
 """
 
@@ -71,6 +72,10 @@ class PayloadTooLarge(PodError):
 
 class UnsupportedMediaType(PodError):
     status = 415
+
+
+class RangeNotSatisfiable(PodError):
+    status = 416
 
 
 class UnprocessableEntity(PodError):

@@ -12,7 +12,6 @@ import asyncio
 import re
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from rdflib import Graph, URIRef
@@ -22,7 +21,7 @@ from ldp.errors import BadRequest, Conflict, MethodNotAllowed, NotFound, Unsuppo
 from ldp.identifiers import PodLocator, check_segment, is_acl, is_container, parent_of
 from ldp.names import new_name
 from ldp.patch import Patch, parse_patch
-from ldp.preconditions import check_write, etag
+from ldp.preconditions import NO_CONDITIONS, Conditions, check_write, etag
 from ldp.rdf import is_rdf_type, parse_rdf, serialize_rdf, validate_rdf
 from ldp.vocab import LDP, PIM, RDF, SOLID
 
@@ -34,15 +33,6 @@ CONTAINER_TYPE = "text/turtle"
 
 # Told of each committed write: (pod, path, "Create" | "Update" | "Delete", new ETag or None).
 ChangeHook = Callable[[str, str, str, str | None], None]
-
-
-@dataclass(frozen=True)
-class Conditions:
-    if_match: str | None = None
-    if_none_match: str | None = None
-
-
-NO_CONDITIONS = Conditions()
 
 
 def _refuse_reserved(path: str) -> None:
@@ -187,7 +177,7 @@ class ResourceStore:
         async def attempt() -> tuple[Record, bool]:
             nonlocal new_containers
             current = await self.accessor.get(pod, path)
-            check_write(current, cond.if_match, cond.if_none_match)
+            check_write(current, cond)
             if current is None:
                 new_containers = await self._new_containers(pod, path)
             expect = ABSENT if current is None else current.version
@@ -265,7 +255,7 @@ class ResourceStore:
         async def attempt() -> tuple[Record, bool]:
             nonlocal new_containers
             current = await self.accessor.get(pod, path)
-            check_write(current, cond.if_match, cond.if_none_match)
+            check_write(current, cond)
             if current is None:
                 new_containers = await self._new_containers(pod, path)
                 graph, ctype = Graph(), "text/turtle"
@@ -311,7 +301,7 @@ class ResourceStore:
 
         async def attempt() -> None:
             current = await self.read(pod, path)
-            check_write(current, cond.if_match, cond.if_none_match)
+            check_write(current, cond)
             await self.accessor.delete(pod, path, current.version)
 
         await self._retry(pod, path, attempt)

@@ -33,9 +33,10 @@ from ldp.headers import (
 from ldp.identifiers import PodLocator, Target, is_container
 from ldp.listing import stream_listing
 from ldp.patch import parse_patch
-from ldp.preconditions import check_read, etag, not_modified
+from ldp.preconditions import Conditions, check_read, etag, not_modified, range_applies
+from ldp.ranges import select_range
 from ldp.rdf import is_rdf_type, normalize_media_type
-from ldp.store import Conditions, ResourceStore
+from ldp.store import ResourceStore
 from ldp.vocab import LDP
 from pod.auth import authenticate
 from pod.events_http import (
@@ -84,7 +85,7 @@ def target_of(request: web.Request) -> Target:
 
 
 def _conditions(request: web.Request) -> Conditions:
-    return Conditions(request.headers.get(hdrs.IF_MATCH), request.headers.get(hdrs.IF_NONE_MATCH))
+    return Conditions.of(request.headers)
 
 
 def _headers(request: web.Request, target: Target, exists: bool) -> dict[str, str]:
@@ -123,37 +124,54 @@ async def handle_get(request: web.Request, target: Target) -> web.StreamResponse
     record = await store.accessor.get(target.pod, target.path)
     if record is None:
         raise _not_found(request, target)
-    check_read(record, request.headers.get(hdrs.IF_MATCH))
+    cond = _conditions(request)
+    check_read(record, cond)
     accept = request.headers.get(hdrs.ACCEPT)
     headers = _headers(request, target, True)
     headers["Last-Modified"] = http_date(record.modified)
     if is_container(record.path):
         media = choose_rdf_type(accept)
-        return await _container(request, target, record, media, headers)
+        return await _container(request, target, record, media, headers, cond)
     if is_rdf_type(record.content_type):
         media = choose_rdf_type(accept, record.content_type)
     else:
         media = record.content_type
         if accept and not accepts(accept, media):
             raise NotAcceptable(f"This resource is only available as {media}")
-    headers["ETag"] = etag(record.version, media)
-    if not_modified(record, request.headers.get(hdrs.IF_NONE_MATCH)):
+    tag = headers["ETag"] = etag(record.version, media)
+    if not_modified(record, cond):
         return web.Response(status=304, headers=headers)
     body = record.body if media == record.content_type else store.representation(target.pod, record, media)
     headers["Content-Type"] = media
+    headers["Accept-Ranges"] = "bytes"
     if request.method == "HEAD":
         headers["Content-Length"] = str(len(body))
         return web.Response(status=200, headers=headers)
+    # RFC 9110 §14.2: range handling is defined for GET only; §13.2.2 step 5: If-Range after the
+    # other preconditions.
+    wanted = request.headers.get(hdrs.RANGE)
+    if wanted is not None and range_applies(record, tag, request.headers.get(hdrs.IF_RANGE)):
+        span = select_range(wanted, len(body))
+        if span is not None:
+            headers["Content-Range"] = span.content_range()
+            return web.Response(status=206, body=span.of(body), headers=headers)
     return web.Response(status=200, body=body, headers=headers)
 
 
 async def _container(
-    request: web.Request, target: Target, record: Record, media: str, headers: dict[str, str]
+    request: web.Request,
+    target: Target,
+    record: Record,
+    media: str,
+    headers: dict[str, str],
+    cond: Conditions,
 ) -> web.StreamResponse:
+    """A container's listing is streamed, so a ``Range`` on it is ignored (RFC 9110 §14.2 allows
+    that) and answered in full."""
     store, locator = _store(request), _locator(request)
     headers["ETag"] = etag(record.version, media)
     headers["Content-Type"] = media
-    if not_modified(record, request.headers.get(hdrs.IF_NONE_MATCH)):
+    if not_modified(record, cond):
         return web.Response(status=304, headers=headers)
     if request.method == "HEAD":
         return web.Response(status=200, headers=headers)
