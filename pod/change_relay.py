@@ -26,6 +26,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import math
 import os
 import secrets
 import socket
@@ -45,6 +46,9 @@ _SUFFIX = ".sock"
 
 
 class Relay(Protocol):
+    sent: int  # messages (datagrams, NOTIFYs) that left this process
+    dropped: int  # messages that could not be sent: their changes reached no other process
+
     async def open(self) -> None: ...
 
     def send(self, change: Change) -> None:
@@ -99,6 +103,20 @@ class _Coalescing:
     def __init__(self) -> None:
         self._pending: list[Change] = []
         self.closed = False
+        self.sent = 0
+        self.dropped = 0
+        self._warned = -math.inf
+
+    def _lost(self, reason: object) -> None:
+        """Count a message that did not go out, with a warning at most once a minute: a peer that
+        cannot keep up, or a database that is away, would otherwise fill the log."""
+        self.dropped += 1
+        now = time.monotonic()
+        if now - self._warned >= 60:
+            self._warned = now
+            log.warning(
+                "live updates: changes did not reach other processes (%d so far): %s", self.dropped, reason
+            )
 
     def send(self, change: Change) -> None:
         if self.closed or not self._wanted():
@@ -135,7 +153,6 @@ class SocketRelay(_Coalescing):
         self._sock: socket.socket | None = None
         self._peers: list[str] = []
         self._scanned = -_RESCAN
-        self.dropped = 0  # datagrams a peer had no room for
 
     def _at(self, name: str) -> str:
         # A Unix socket's path may be 107 bytes at most, and a data directory's path may be longer:
@@ -178,9 +195,7 @@ class SocketRelay(_Coalescing):
         if now - self._scanned >= _RESCAN and self._dir_fd >= 0:
             self._scanned = now
             with os.scandir(self._dir_fd) as entries:
-                self._peers = [
-                    e.name for e in entries if e.name.endswith(_SUFFIX) and e.name != self.name
-                ]
+                self._peers = [e.name for e in entries if e.name.endswith(_SUFFIX) and e.name != self.name]
         return self._peers
 
     def _wanted(self) -> bool:
@@ -195,8 +210,9 @@ class SocketRelay(_Coalescing):
             for datagram in datagrams:
                 try:
                     sock.sendto(datagram, self._at(peer))
+                    self.sent += 1
                 except BlockingIOError:
-                    self.dropped += 1
+                    self._lost(f"{peer} had no room for them")
                 except (ConnectionRefusedError, FileNotFoundError):
                     # Its process has ended (a crash leaves the socket file): forget it.
                     with contextlib.suppress(OSError):
@@ -261,8 +277,9 @@ class PostgresRelay(_Coalescing):
     async def _notify(self, payload: str) -> None:
         try:
             await self.database.notify(self.CHANNEL, payload)
+            self.sent += 1
         except Exception as exc:  # the database is away: those changes reach no other process
-            log.warning("cannot pass changes to other processes: %s", exc)
+            self._lost(exc)
 
     def _heard(self, payload: str) -> None:
         token, _, data = payload.partition(" ")

@@ -73,6 +73,11 @@ class LegacyUpdates:
         self._sessions: set[_Session] = set()
         subscribe(self._on_change)
 
+    @property
+    def subscriptions(self) -> int:
+        """Resources watched over this process's sockets, counted once per socket."""
+        return sum(len(session.watching) for session in self._sessions)
+
     async def handle(self, request: web.Request) -> web.StreamResponse:
         ws = web.WebSocketResponse(protocols=(PROTOCOL,), heartbeat=30.0, max_msg_size=MAX_LINE)
         if not ws.can_prepare(request).ok:

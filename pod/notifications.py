@@ -251,6 +251,11 @@ class Notifications:
         self._by_topic: dict[tuple[str, str], set[str]] = {}  # (pod, path) → tokens
         self._ended: dict[str, float] = {}  # keys of channels ended early → their endAt
 
+    @property
+    def open_channels(self) -> int:
+        """Channels this process holds (each is held by the process its socket reached)."""
+        return len(self._by_token)
+
     async def _pod_secret(self, pod: str) -> bytes | None:
         found = await self.accessor.pod_key(pod)
         return None if found is None else found[1]

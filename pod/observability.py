@@ -27,7 +27,7 @@ import sys
 import tempfile
 import time
 from bisect import bisect_left
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Iterable, Mapping
 from contextvars import ContextVar
 from pathlib import Path
 from typing import Any
@@ -36,7 +36,7 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from pod.config import Config
-from pod.state import COLLECTOR, QUEUE, STORE, WORKER
+from pod.state import COLLECTOR, LEGACY_UPDATES, NOTIFICATIONS, QUEUE, STORE, WORKER
 
 access_log = logging.getLogger("pod.access")
 log = logging.getLogger("pod.observability")
@@ -56,6 +56,7 @@ BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
 # series without bound.
 METHODS = frozenset(("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"))
 OUTCOMES = ("delivered", "failed", "retried")
+LIVE = ("channels", "legacy_subscriptions", "relay_sent", "relay_dropped")
 # Ids from proxies and tracing systems (UUIDs, hex, base64, "Root=1-..."); nothing that could
 # break a log line or a header.
 _SANE_ID = re.compile(r"[A-Za-z0-9._:/+=@-]{1,128}").fullmatch
@@ -103,32 +104,29 @@ class Metrics:
     def snapshot_path(self) -> Path | None:
         return None if self.directory is None else self.directory / f"worker-{self.worker}.json"
 
-    def snapshot(self, deliveries: dict[str, int], gc: dict[str, float] | None = None) -> dict[str, Any]:
+    def snapshot(self, figures: Mapping[str, Mapping[str, float]]) -> dict[str, Any]:
+        """This process's counters, plus ``figures`` (deliveries, gc, live: see ``process_figures``)."""
         return {
             "worker": self.worker,
             "pid": os.getpid(),
             "requests": [[m, s, n] for (m, s), n in self.requests.items()],
             "latency": self.latency,
-            "deliveries": deliveries,
-            "gc": gc or {},
+            **figures,
         }
 
-    def flush(self, deliveries: dict[str, int], gc: dict[str, float] | None = None) -> None:
+    def flush(self, figures: Mapping[str, Mapping[str, float]]) -> None:
         """Write this process's snapshot atomically (readers never see half a file)."""
         path = self.snapshot_path
         if path is None:
             return
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
         with os.fdopen(fd, "w") as fh:
-            json.dump(self.snapshot(deliveries, gc), fh)
+            json.dump(self.snapshot(figures), fh)
         os.replace(tmp, path)
 
-    def snapshots(
-        self, deliveries: dict[str, int], gc: dict[str, float] | None = None
-    ) -> list[dict[str, Any]]:
+    def snapshots(self, figures: Mapping[str, Mapping[str, float]]) -> list[dict[str, Any]]:
         """This process's live figures and the latest snapshot of every other worker."""
-        mine = self.snapshot(deliveries, gc)
-        found = [mine]
+        found = [self.snapshot(figures)]
         if self.directory is not None:
             for path in sorted(self.directory.glob("worker-*.json")):
                 if path == self.snapshot_path:
@@ -151,8 +149,12 @@ def render(snapshots: Iterable[dict[str, Any]], queue_depth: int | None) -> str:
     latency: dict[str, list[float]] = {}
     deliveries = dict.fromkeys(OUTCOMES, 0)
     collections, collecting = 0, 0.0
+    live = dict.fromkeys(LIVE, 0)
     workers: list[tuple[int, int, int]] = []
     for snap in snapshots:
+        for name, value in (snap.get("live") or {}).items():
+            if name in live:
+                live[name] += int(value)
         gc = snap.get("gc") or {}
         collections += int(gc.get("collections", 0))
         collecting += float(gc.get("seconds", 0.0))
@@ -216,6 +218,24 @@ def render(snapshots: Iterable[dict[str, Any]], queue_depth: int | None) -> str:
     out.append(f"pod_gc_full_collections_total {collections}")
     family("pod_gc_full_collection_seconds_total", "counter", "Time the full garbage collections took.")
     out.append(f"pod_gc_full_collection_seconds_total {_number(collecting)}")
+    family(
+        "pod_notification_subscriptions",
+        "gauge",
+        "Open live-update subscriptions by protocol: Solid Notifications channels"
+        " (WebSocketChannel2023, also those opened through the notification gateway) and"
+        " solid-0.1 subscriptions (one per resource a socket watches).",
+    )
+    out.append(f'pod_notification_subscriptions{{protocol="WebSocketChannel2023"}} {live["channels"]}')
+    out.append(f'pod_notification_subscriptions{{protocol="solid-0.1"}} {live["legacy_subscriptions"]}')
+    family(
+        "pod_change_relay_messages_total",
+        "counter",
+        "Messages carrying committed changes to the other server processes, so that their"
+        " subscribers hear them: sent, or dropped (a peer's buffer was full or the database was"
+        " away; those subscribers missed the changes).",
+    )
+    out.append(f'pod_change_relay_messages_total{{outcome="sent"}} {live["relay_sent"]}')
+    out.append(f'pod_change_relay_messages_total{{outcome="dropped"}} {live["relay_dropped"]}')
     family("pod_worker_requests_total", "counter", "HTTP requests answered by each server process.")
     for worker, _, served in sorted(workers):
         out.append(f'pod_worker_requests_total{{worker="{worker}"}} {served}')
@@ -246,6 +266,25 @@ def _gc_counts(app: web.Application) -> dict[str, float]:
     if collector is None:
         return {}
     return {"collections": collector.collections, "seconds": collector.pause_seconds}
+
+
+def _live_counts(app: web.Application) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    notifications = app.get(NOTIFICATIONS)
+    if notifications is not None:
+        counts["channels"] = notifications.open_channels
+        relay = notifications.feed.relay
+        if relay is not None:
+            counts["relay_sent"], counts["relay_dropped"] = relay.sent, relay.dropped
+    legacy = app.get(LEGACY_UPDATES)
+    if legacy is not None:
+        counts["legacy_subscriptions"] = legacy.subscriptions
+    return counts
+
+
+def process_figures(app: web.Application) -> dict[str, dict[str, Any]]:
+    """What this process adds to its metrics snapshot besides requests and latency."""
+    return {"deliveries": _delivery_counts(app), "gc": _gc_counts(app), "live": _live_counts(app)}
 
 
 def _delivery_counts(app: web.Application) -> dict[str, int]:
@@ -344,7 +383,7 @@ async def metrics(request: web.Request) -> web.StreamResponse:
             depth = await queue.depth()
         except Exception:  # a broken database must not take the other figures with it
             log.warning("could not read the delivery queue depth", exc_info=True)
-    body = render(app[OPERATIONS].metrics.snapshots(_delivery_counts(app), _gc_counts(app)), depth)
+    body = render(app[OPERATIONS].metrics.snapshots(process_figures(app)), depth)
     response = web.Response(body=body.encode(), headers=_NO_STORE)
     response.headers["Content-Type"] = METRICS_CONTENT_TYPE
     return response
@@ -364,7 +403,7 @@ async def _flusher(app: web.Application) -> AsyncIterator[None]:
         while True:
             await asyncio.sleep(FLUSH_INTERVAL)
             try:
-                ops.metrics.flush(_delivery_counts(app), _gc_counts(app))
+                ops.metrics.flush(process_figures(app))
             except OSError:
                 log.warning("could not write the metrics snapshot", exc_info=True)
 
@@ -374,7 +413,7 @@ async def _flusher(app: web.Application) -> AsyncIterator[None]:
     with contextlib.suppress(asyncio.CancelledError):
         await task
     with contextlib.suppress(OSError):
-        ops.metrics.flush(_delivery_counts(app), _gc_counts(app))
+        ops.metrics.flush(process_figures(app))
 
 
 def install_operations(app: web.Application, config: Config) -> None:

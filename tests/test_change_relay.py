@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import socket
 import time
@@ -308,6 +309,31 @@ async def test_a_dead_peer_is_forgotten_and_strays_are_ignored(tmp_path: Path) -
     finally:
         await a.close()
         await b.close()
+
+
+@sqlite_only
+async def test_a_peer_with_no_room_is_counted_and_warned_about_once(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    directory = tmp_path / "changes"
+    a = SocketRelay(directory, lambda c: None)
+    await a.open()
+    # A process that has stopped reading: its socket queue fills up, and sending must not block.
+    stuck = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    stuck.bind(str(directory / "424242-stuck.sock"))
+    try:
+        with caplog.at_level(logging.WARNING, logger="pod.changes"):
+            for i in range(2000):
+                a.send(Change("alice", f"/n/{i}", "Create"))
+                await asyncio.sleep(0)  # one datagram per loop pass
+                if a.dropped >= 5:
+                    break
+        assert a.sent > 0 and a.dropped >= 5
+        warnings = [r for r in caplog.records if "did not reach other processes" in r.getMessage()]
+        assert len(warnings) == 1  # at most once a minute
+    finally:
+        stuck.close()
+        await a.close()
 
 
 @sqlite_only

@@ -178,6 +178,8 @@ async def test_metrics_count_requests_by_method_and_status_with_a_latency_histog
         "pod_delivery_attempts_total": "counter",
         "pod_gc_full_collections_total": "counter",
         "pod_gc_full_collection_seconds_total": "counter",
+        "pod_notification_subscriptions": "gauge",
+        "pod_change_relay_messages_total": "counter",
         "pod_worker_requests_total": "counter",
         "pod_worker_info": "gauge",
     }
@@ -456,3 +458,50 @@ def test_channel_tokens_are_redacted_from_access_paths() -> None:
     logged = _loggable_path(f"/alice/.well-known/notifications/ws/{token}")
     assert token not in logged and logged.endswith("/ws/[redacted]")
     assert _loggable_path("/alice/notes/a%20b") == "/alice/notes/a%20b"
+
+
+async def test_metrics_show_live_update_subscriptions(make_client: ClientFactory) -> None:
+    client = await make_client()
+    _, before = await scrape(client)
+    gauge = "pod_notification_subscriptions"
+    assert sample(before, gauge, protocol="WebSocketChannel2023") == 0
+    assert sample(before, gauge, protocol="solid-0.1") == 0
+    # One process alone has no peer to pass changes to: nothing sent, nothing dropped.
+    assert sample(before, "pod_change_relay_messages_total", outcome="sent") == 0
+    assert sample(before, "pod_change_relay_messages_total", outcome="dropped") == 0
+    turtle = {"Content-Type": "text/turtle"}
+    await client.put("/alice/public/n.ttl", headers=turtle, data="")
+    public_read = f"""@prefix acl: <http://www.w3.org/ns/auth/acl#> .
+<#owner> a acl:Authorization ; acl:agent <{ALICE}> ; acl:accessTo <./> ; acl:default <./> ;
+    acl:mode acl:Read, acl:Write, acl:Control .
+<#public> a acl:Authorization ; acl:agentClass <http://xmlns.com/foaf/0.1/Agent> ;
+    acl:accessTo <./> ; acl:default <./> ; acl:mode acl:Read .
+"""
+    assert (await client.put("/alice/public/.acl", headers=turtle, data=public_read)).status == 201
+    channel = await client.post(
+        "/alice/.well-known/notifications/WebSocketChannel2023",
+        data=json.dumps(
+            {
+                "@context": ["https://www.w3.org/ns/solid/notification/v1"],
+                "type": "http://www.w3.org/ns/solid/notifications#WebSocketChannel2023",
+                "topic": "http://pod.test/alice/public/n.ttl",
+            }
+        ),
+        headers={"Content-Type": "application/ld+json"},
+    )
+    assert channel.status == 200
+    legacy = await client.ws_connect("/.updates", protocols=("solid-0.1",))
+    assert (await legacy.receive_str(timeout=5)) == "protocol solid-0.1"
+    for path in ("/alice/public/n.ttl", "/alice/public/"):
+        await legacy.send_str(f"sub http://pod.test{path}")
+        assert (await legacy.receive_str(timeout=5)) == f"ack http://pod.test{path}"
+    _, during = await scrape(client)
+    assert sample(during, gauge, protocol="WebSocketChannel2023") == 1
+    assert sample(during, gauge, protocol="solid-0.1") == 2
+    await legacy.close()
+    for _ in range(50):  # the server notices the close on its next read
+        _, after = await scrape(client)
+        if sample(after, gauge, protocol="solid-0.1") == 0:
+            break
+        await asyncio.sleep(0.02)
+    assert sample(after, gauge, protocol="solid-0.1") == 0

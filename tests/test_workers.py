@@ -200,6 +200,9 @@ def test_workers_share_one_port_and_stop_together(procs: Procs) -> None:
     assert info == {str(pid) for pid in pids}
     served = [sample(samples, "pod_worker_requests_total", worker=w) or 0 for w in ("0", "1")]
     assert all(count > 0 for count in served), served
+    # Each process passed its committed writes to the other, and none was lost on the way.
+    assert (sample(samples, "pod_change_relay_messages_total", outcome="sent") or 0) > 0
+    assert sample(samples, "pod_change_relay_messages_total", outcome="dropped") == 0
 
     assert server.stop() == 0
     assert all(not Path(f"/proc/{pid}").exists() for pid in pids)
