@@ -1,4 +1,4 @@
-"""The ``pod`` command: ``pod serve``, ``pod create NAME``, ``pod list``, ``pod migrate``, ...
+"""The ``pod`` command: ``pod serve``, ``pod create NAME``, ``pod list``, ``pod migrate``, ``pod backup``, ...
 
 Every command takes the same configuration options, so ``pod create`` and ``pod list`` work on the
 data directory of a running server (SQLite in WAL mode lets them share the file) or of none.
@@ -13,13 +13,16 @@ import json
 import sys
 import time
 from collections.abc import Sequence
+from dataclasses import asdict
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn, Protocol, runtime_checkable
 
 from acl.apikeys import ApiKeys
 from ldp.accessor import DatabaseError, Migration, StorageAccessor
 from ldp.errors import NotFound, PodError
+from ldp.sqlite_backup import BackupError, backup
 from ldp.store import ResourceStore
-from pod.backend import Backend, open_backend
+from pod.backend import Backend, is_postgres, open_backend
 from pod.config import CONFIG_FIELDS, LOG_FORMATS, LOG_LEVELS, Config, ConfigError, load_config
 from pod.events import parse_time
 from pod.grants import grant, subscribe
@@ -149,6 +152,12 @@ def build_parser() -> argparse.ArgumentParser:
     replay.add_argument("--wait", type=float, default=0.0, metavar="SECONDS", help="show progress this long")
     _common(replay)
     _common(sub.add_parser("migrate", help="create or update the database schema; print its version"))
+    backup_p = sub.add_parser(
+        "backup", help="copy the SQLite database to FILE as one consistent snapshot, while it runs"
+    )
+    backup_p.add_argument("file", help="where the copy goes (must not exist)")
+    backup_p.add_argument("--json", action="store_true", help="print what was copied as JSON")
+    _common(backup_p)
     return parser
 
 
@@ -331,6 +340,24 @@ def _event_loop() -> asyncio.AbstractEventLoop:
     return uvloop.new_event_loop()
 
 
+def _backup(config: Config, args: argparse.Namespace) -> int:
+    if is_postgres(config.database):
+        raise ConfigError("pod backup copies the SQLite database; back PostgreSQL up with pg_dump")
+    try:
+        report = backup(config.database_path, Path(args.file).resolve())
+    except BackupError as exc:
+        print(f"pod: error: backup failed: {exc}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps({**asdict(report), "path": str(report.path)}))
+    else:
+        print(
+            f"Backed up {report.pods} pod(s), {report.resources} resources "
+            f"({report.size / 2**20:.1f} MiB) to {report.path} in {report.seconds:.1f} s"
+        )
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -342,6 +369,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 raise ConfigError(exc.message) from None
         if args.command == "serve":
             return serve(config)
+        if args.command == "backup":
+            return _backup(config, args)
         return asyncio.run(_with_backend(config, args))
     except ConfigError as exc:
         print(f"pod: error: {exc}", file=sys.stderr)
