@@ -50,10 +50,11 @@ class Authorizer:
         self.wac = wac
         self.accessor = accessor
         self.locator = locator
-        # Pods found to exist. A pod is never deleted (nothing removes one), so once found it stays,
-        # and the check costs no read even while writes keep emptying the read cache. Pods that
-        # were not found are asked again: one may be created at any time.
+        # Pods found to exist, so that the check costs no read even while writes keep emptying the
+        # read cache. Deleting a pod (``pod delete``) bumps the ACL epoch, which empties this set in
+        # every process; pods that were not found are asked again, as one may be created any time.
         self._pods: set[str] = set()
+        self._pods_epoch: int | None = None
 
     async def authorize(
         self,
@@ -68,11 +69,13 @@ class Authorizer:
         the permissions to advertise in ``WAC-Allow``."""
         if method == "OPTIONS" or (path.startswith(PUBLIC_PREFIX) and method in ("GET", "HEAD")):
             return None
+        await self.wac.refresh()
+        if self._pods_epoch != self.wac.epoch:
+            self._pods, self._pods_epoch = set(), self.wac.epoch
         if pod not in self._pods:
             if await self.accessor.get(pod, "/") is None:
                 raise NotFound(f"No pod at {self.locator.pod_root(pod)}")
             self._pods.add(pod)
-        await self.wac.refresh()
         reqs = await requirements(self.accessor, method, pod, path, inserts_only)
         if not await self.wac.allows(pod, reqs, creds.webid, origin):
             url = self.locator.url(pod, path)

@@ -157,6 +157,11 @@ class Wac:
         self._cache.acls[key] = parsed
         return parsed
 
+    @property
+    def epoch(self) -> int:
+        """The ACL epoch the cache was filled at (see ``refresh``)."""
+        return self._cache.epoch
+
     async def refresh(self) -> None:
         """Drop cached ACLs if any ACL changed since they were read (one cheap read per request)."""
         epoch = await self.source.acl_epoch()

@@ -107,6 +107,21 @@ class DatabaseError(Exception):
 
 
 @dataclass(frozen=True, slots=True)
+class PodDeletion:
+    """What ``delete_pod`` removed."""
+
+    resources: int
+    api_keys: int
+    deliveries: int
+
+
+RETIRED_NAME = (
+    "The pod name {pod} belonged to a pod that was deleted; it is not given out again, so that its"
+    " WebID, which other pods' access rules may still name, cannot pass to someone else"
+)
+
+
+@dataclass(frozen=True, slots=True)
 class Migration:
     """One numbered step of a backend's schema. Each is applied once, in order, in one transaction,
     and recorded in the database's ``schema_migrations`` table; released steps are never edited."""
@@ -234,6 +249,12 @@ class StorageAccessor(Protocol):
     ) -> None:
         """Register ``pod``, its signing key (key id, private PEM) and its initial resources in one
         transaction; Conflict if taken."""
+        ...
+
+    async def delete_pod(self, pod: str) -> PodDeletion:
+        """Remove ``pod`` and all of it in one transaction: its resources, API keys, signing key,
+        duplicate guards and deliveries (made or still to make: they hold its events), and retire
+        its name, which ``create_pod`` then refuses; NotFound if there is no such pod."""
         ...
 
     async def pod_key(self, pod: str) -> tuple[str, bytes] | None: ...

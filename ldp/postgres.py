@@ -48,9 +48,11 @@ import asyncpg
 from acl.apikeys import ApiKey
 from ldp.accessor import (
     ABSENT,
+    RETIRED_NAME,
     DatabaseError,
     Migration,
     NotFresh,
+    PodDeletion,
     Record,
     Together,
     VersionMismatch,
@@ -171,6 +173,11 @@ CREATE UNLOGGED TABLE replay_keys (key bytea PRIMARY KEY, expires double precisi
 CREATE INDEX replay_keys_expires ON replay_keys(expires);
 """,
     ),
+    Migration(
+        3,
+        "names of deleted pods, never given out again",
+        'CREATE TABLE retired_pods (name text COLLATE "C" PRIMARY KEY, deleted double precision NOT NULL);',
+    ),
 )
 SCHEMA_VERSION = MIGRATIONS[-1].version
 
@@ -203,6 +210,11 @@ _BUMP_EPOCH = (
     "WITH bumped AS (UPDATE acl_epoch SET value = value + 1 RETURNING value)"
     f" SELECT pg_notify('{CHANNEL}', current_schema()) FROM bumped"
 )
+
+
+def _count(status: str) -> int:
+    """Rows a statement affected, from asyncpg's command tag (``DELETE 12``)."""
+    return int(status.rpartition(" ")[2])
 
 
 def redact(dsn: str) -> str:
@@ -826,6 +838,8 @@ class PostgresAccessor:
             conn = tx.conn
             await tx.lock_pod(pod)
             now = time.time()
+            if await conn.fetchval("SELECT 1 FROM retired_pods WHERE name=$1", pod):
+                raise Conflict(RETIRED_NAME.format(pod=pod))
             if not await conn.fetchval(
                 "INSERT INTO pods(name, created) VALUES ($1, $2) ON CONFLICT DO NOTHING RETURNING 1", pod, now
             ):
@@ -841,3 +855,22 @@ class PostgresAccessor:
                 await write_in(tx, pod, w)
 
         await self.transaction(job)
+
+    async def delete_pod(self, pod: str) -> PodDeletion:
+        async def job(tx: Tx) -> PodDeletion:
+            conn = tx.conn
+            await tx.lock_pod(pod)
+            if not await conn.fetchval("DELETE FROM pods WHERE name=$1 RETURNING 1", pod):
+                raise NotFound(f"No pod named {pod}")
+            await conn.execute("INSERT INTO retired_pods(name, deleted) VALUES ($1, $2)", pod, time.time())
+            deleted = PodDeletion(
+                resources=_count(await conn.execute("DELETE FROM resources WHERE pod=$1", pod)),
+                api_keys=_count(await conn.execute("DELETE FROM api_keys WHERE pod=$1", pod)),
+                deliveries=_count(await conn.execute("DELETE FROM deliveries WHERE sender=$1", pod)),
+            )
+            await conn.execute("DELETE FROM pod_keys WHERE pod=$1", pod)
+            await conn.execute("DELETE FROM received WHERE pod=$1", pod)
+            await conn.execute(_BUMP_EPOCH)  # its ACLs are gone: every process drops what it parsed
+            return deleted
+
+        return await self.transaction(job)

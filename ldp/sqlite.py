@@ -41,8 +41,10 @@ from typing import Any, cast
 
 from acl.apikeys import ApiKey
 from ldp.accessor import (
+    RETIRED_NAME,
     Migration,
     NotFresh,
+    PodDeletion,
     Record,
     Together,
     Write,
@@ -118,7 +120,14 @@ CREATE TABLE IF NOT EXISTS received (
     PRIMARY KEY (pod, sender, event_id)
 )
 """
-MIGRATIONS = (Migration(1, "resources, pods, keys and the delivery queue", _SCHEMA_1),)
+MIGRATIONS = (
+    Migration(1, "resources, pods, keys and the delivery queue", _SCHEMA_1),
+    Migration(
+        2,
+        "names of deleted pods, never given out again",
+        "CREATE TABLE retired_pods (name TEXT PRIMARY KEY, deleted REAL NOT NULL)",
+    ),
+)
 SCHEMA_VERSION = MIGRATIONS[-1].version
 _MAX_BATCH = 512
 
@@ -747,6 +756,8 @@ class SqliteAccessor:
         def job(conn: sqlite3.Connection) -> None:
             if conn.execute("SELECT 1 FROM pods WHERE name=?", (pod,)).fetchone():
                 raise Conflict(f"Pod {pod} already exists")
+            if conn.execute("SELECT 1 FROM retired_pods WHERE name=?", (pod,)).fetchone():
+                raise Conflict(RETIRED_NAME.format(pod=pod))
             now = time.time()
             conn.execute("INSERT INTO pods(name, created) VALUES (?, ?)", (pod, now))
             conn.execute("DELETE FROM pod_keys WHERE pod=?", (pod,))
@@ -758,3 +769,20 @@ class SqliteAccessor:
                 _write(conn, pod, w)
 
         await self._run(job)
+
+    async def delete_pod(self, pod: str) -> PodDeletion:
+        def job(conn: sqlite3.Connection) -> PodDeletion:
+            if conn.execute("DELETE FROM pods WHERE name=?", (pod,)).rowcount == 0:
+                raise NotFound(f"No pod named {pod}")
+            conn.execute("INSERT INTO retired_pods(name, deleted) VALUES (?, ?)", (pod, time.time()))
+            deleted = PodDeletion(
+                resources=conn.execute("DELETE FROM resources WHERE pod=?", (pod,)).rowcount,
+                api_keys=conn.execute("DELETE FROM api_keys WHERE pod=?", (pod,)).rowcount,
+                deliveries=conn.execute("DELETE FROM deliveries WHERE sender=?", (pod,)).rowcount,
+            )
+            conn.execute("DELETE FROM pod_keys WHERE pod=?", (pod,))
+            conn.execute("DELETE FROM received WHERE pod=?", (pod,))
+            _bump_acl_epoch(conn)  # its ACLs are gone: every process drops what it parsed
+            return deleted
+
+        return cast(PodDeletion, await self._run(job))

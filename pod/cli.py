@@ -1,4 +1,5 @@
-"""The ``pod`` command: ``pod serve``, ``pod create NAME``, ``pod list``, ``pod migrate``, ``pod backup``, ...
+"""The ``pod`` command: ``pod serve``, ``pod create NAME``, ``pod list``, ``pod delete NAME``,
+``pod migrate``, ``pod backup``, ...
 
 Every command takes the same configuration options, so ``pod create`` and ``pod list`` work on the
 data directory of a running server (SQLite in WAL mode lets them share the file) or of none.
@@ -107,6 +108,11 @@ def build_parser() -> argparse.ArgumentParser:
     create.add_argument("name")
     create.add_argument("--json", action="store_true", help='print {"name", "url", "webid"}')
     _common(create)
+    delete = sub.add_parser("delete", help="delete a pod and all of its data, for good")
+    delete.add_argument("name")
+    delete.add_argument("--yes", action="store_true", help="confirm: without it nothing is deleted")
+    delete.add_argument("--json", action="store_true", help="print what was removed as JSON")
+    _common(delete)
     listing = sub.add_parser("list", help="list the pods")
     listing.add_argument("--json", action="store_true", help="print a JSON array")
     _common(listing)
@@ -250,6 +256,25 @@ async def _migrate(backend: Backend) -> int:
     return 0
 
 
+async def _delete_pod(accessor: StorageAccessor, args: argparse.Namespace) -> int:
+    """Resources, keys, its event history and pending deliveries go; its name is retired, since
+    other pods may still grant its WebID access (the server cannot reach into their ACLs)."""
+    await _require_pod(accessor, args.name)
+    if not args.yes:
+        raise ConfigError(
+            f"pod delete removes pod {args.name} with all of its data for good; run it again with --yes"
+        )
+    removed = await accessor.delete_pod(args.name)
+    if args.json:
+        print(json.dumps({"name": args.name, **asdict(removed)}))
+    else:
+        print(
+            f"Deleted pod {args.name}: {removed.resources} resources, {removed.api_keys} API keys, "
+            f"{removed.deliveries} deliveries. The name will not be given out again."
+        )
+    return 0
+
+
 async def _with_backend(config: Config, args: argparse.Namespace) -> int:
     backend = await open_backend(config)
     accessor = backend.accessor
@@ -261,6 +286,8 @@ async def _with_backend(config: Config, args: argparse.Namespace) -> int:
             return await _key_command(backend, args)
         if args.command in ("grant", "subscribe", "replay"):
             return await _event_command(backend, config, args)
+        if args.command == "delete":
+            return await _delete_pod(accessor, args)
         if args.command == "create":
             info = await create_pod(accessor, locator, args.name, config.oidc_issuer)
             if args.json:
