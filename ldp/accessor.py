@@ -276,4 +276,14 @@ class StorageAccessor(Protocol):
 
     async def pods(self) -> list[str]: ...
 
+    async def track_usage(self, on: bool) -> None:
+        """Keep each pod's byte count exact from now on (recounted now), or stop keeping it: its
+        cost on every write is paid only where a quota needs it (``ldp.quota``)."""
+        ...
+
+    async def usage(self, pod: str) -> int:
+        """The bytes of ``pod``'s resource bodies (what ``pod_quota`` limits), kept exact by the
+        database in the transactions that change them while ``track_usage`` is on."""
+        ...
+
     async def pod_exists(self, pod: str) -> bool: ...

@@ -178,6 +178,64 @@ CREATE INDEX replay_keys_expires ON replay_keys(expires);
         "names of deleted pods, never given out again",
         'CREATE TABLE retired_pods (name text COLLATE "C" PRIMARY KEY, deleted double precision NOT NULL);',
     ),
+    Migration(
+        4,
+        "bytes stored per pod, for quotas",
+        'CREATE TABLE pod_usage (pod text COLLATE "C" PRIMARY KEY, bytes bigint NOT NULL);',
+    ),
+)
+# Kept only while a quota is configured (see ldp.sqlite): ``track_usage`` recounts pod_usage and
+# adds statement triggers with transition tables, one update per statement and pod however many
+# rows a batched insert carries. The updates take the pod's row lock, which writes to one pod
+# already serialise on (Tx.lock_pod).
+_USAGE_OFF = """
+DROP TRIGGER IF EXISTS pod_usage_pod ON pods;
+DROP TRIGGER IF EXISTS pod_usage_insert ON resources;
+DROP TRIGGER IF EXISTS pod_usage_delete ON resources;
+DROP TRIGGER IF EXISTS pod_usage_update ON resources;
+DELETE FROM pod_usage;
+"""
+_USAGE_ON = (
+    _USAGE_OFF
+    + """
+INSERT INTO pod_usage(pod, bytes)
+    SELECT name, (SELECT coalesce(sum(octet_length(body)), 0) FROM resources WHERE pod = name) FROM pods;
+CREATE OR REPLACE FUNCTION pod_usage_pod() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO pod_usage(pod, bytes) VALUES (NEW.name, 0) ON CONFLICT DO NOTHING;
+    RETURN NULL;
+END $$;
+CREATE OR REPLACE FUNCTION pod_usage_add() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    UPDATE pod_usage u SET bytes = u.bytes + a.bytes
+        FROM (SELECT pod, sum(octet_length(body)) AS bytes FROM added GROUP BY pod) a
+        WHERE u.pod = a.pod;
+    RETURN NULL;
+END $$;
+CREATE OR REPLACE FUNCTION pod_usage_remove() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    UPDATE pod_usage u SET bytes = u.bytes - r.bytes
+        FROM (SELECT pod, sum(octet_length(body)) AS bytes FROM removed GROUP BY pod) r
+        WHERE u.pod = r.pod;
+    RETURN NULL;
+END $$;
+CREATE OR REPLACE FUNCTION pod_usage_change() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    UPDATE pod_usage u SET bytes = u.bytes + d.bytes
+        FROM (SELECT n.pod, sum(octet_length(n.body) - octet_length(o.body)) AS bytes
+              FROM added n JOIN removed o ON o.id = n.id GROUP BY n.pod) d
+        WHERE u.pod = d.pod AND d.bytes <> 0;
+    RETURN NULL;
+END $$;
+CREATE TRIGGER pod_usage_pod AFTER INSERT ON pods FOR EACH ROW EXECUTE FUNCTION pod_usage_pod();
+CREATE TRIGGER pod_usage_insert AFTER INSERT ON resources
+    REFERENCING NEW TABLE AS added FOR EACH STATEMENT EXECUTE FUNCTION pod_usage_add();
+CREATE TRIGGER pod_usage_delete AFTER DELETE ON resources
+    REFERENCING OLD TABLE AS removed FOR EACH STATEMENT EXECUTE FUNCTION pod_usage_remove();
+CREATE TRIGGER pod_usage_update AFTER UPDATE ON resources
+    REFERENCING NEW TABLE AS added OLD TABLE AS removed
+    FOR EACH STATEMENT EXECUTE FUNCTION pod_usage_change();
+"""
 )
 SCHEMA_VERSION = MIGRATIONS[-1].version
 
@@ -773,6 +831,18 @@ class PostgresAccessor:
     async def pods(self) -> list[str]:
         return [str(r[0]) for r in await self._require_pool().fetch("SELECT name FROM pods ORDER BY name")]
 
+    async def track_usage(self, on: bool) -> None:
+        async with self._require_pool().acquire() as conn, conn.transaction():
+            # One process at a time (they start together with the same configuration).
+            await conn.execute(
+                "SELECT pg_advisory_xact_lock(hashtextextended('pod usage ' || current_schema(), 0))"
+            )
+            await conn.execute(_USAGE_ON if on else _USAGE_OFF)
+
+    async def usage(self, pod: str) -> int:
+        used = await self._require_pool().fetchval("SELECT bytes FROM pod_usage WHERE pod=$1", pod)
+        return 0 if used is None else int(used)
+
     async def pod_exists(self, pod: str) -> bool:
         return await self._require_pool().fetchval("SELECT 1 FROM pods WHERE name=$1", pod) is not None
 
@@ -870,6 +940,7 @@ class PostgresAccessor:
             )
             await conn.execute("DELETE FROM pod_keys WHERE pod=$1", pod)
             await conn.execute("DELETE FROM received WHERE pod=$1", pod)
+            await conn.execute("DELETE FROM pod_usage WHERE pod=$1", pod)
             await conn.execute(_BUMP_EPOCH)  # its ACLs are gone: every process drops what it parsed
             return deleted
 

@@ -120,6 +120,38 @@ CREATE TABLE IF NOT EXISTS received (
     PRIMARY KEY (pod, sender, event_id)
 )
 """
+# The bytes of each pod's resource bodies, for pod quotas (``ldp.quota``). Kept only while a quota
+# is configured: ``track_usage`` then recounts it and adds triggers that keep it exact in the very
+# transactions that change resources, whatever path a write takes. The triggers cost a quarter more
+# instructions per published event, which a server without quotas does not pay.
+_SCHEMA_3 = "CREATE TABLE pod_usage (pod TEXT PRIMARY KEY, bytes INTEGER NOT NULL) WITHOUT ROWID"
+_USAGE_OFF = """
+DROP TRIGGER IF EXISTS pod_usage_pod;
+DROP TRIGGER IF EXISTS pod_usage_insert;
+DROP TRIGGER IF EXISTS pod_usage_update;
+DROP TRIGGER IF EXISTS pod_usage_delete;
+DELETE FROM pod_usage
+"""
+_USAGE_ON = (
+    _USAGE_OFF
+    + """;
+INSERT INTO pod_usage(pod, bytes)
+    SELECT name, (SELECT coalesce(sum(length(body)), 0) FROM resources WHERE pod = name) FROM pods;
+CREATE TRIGGER pod_usage_pod AFTER INSERT ON pods BEGIN
+    INSERT OR IGNORE INTO pod_usage(pod, bytes) VALUES (NEW.name, 0);
+END;
+CREATE TRIGGER pod_usage_insert AFTER INSERT ON resources BEGIN
+    UPDATE pod_usage SET bytes = bytes + length(NEW.body) WHERE pod = NEW.pod;
+END;
+CREATE TRIGGER pod_usage_update AFTER UPDATE OF body ON resources
+WHEN length(NEW.body) != length(OLD.body) BEGIN
+    UPDATE pod_usage SET bytes = bytes + length(NEW.body) - length(OLD.body) WHERE pod = NEW.pod;
+END;
+CREATE TRIGGER pod_usage_delete AFTER DELETE ON resources BEGIN
+    UPDATE pod_usage SET bytes = bytes - length(OLD.body) WHERE pod = OLD.pod;
+END
+"""
+)
 MIGRATIONS = (
     Migration(1, "resources, pods, keys and the delivery queue", _SCHEMA_1),
     Migration(
@@ -127,6 +159,7 @@ MIGRATIONS = (
         "names of deleted pods, never given out again",
         "CREATE TABLE retired_pods (name TEXT PRIMARY KEY, deleted REAL NOT NULL)",
     ),
+    Migration(3, "bytes stored per pod, for quotas", _SCHEMA_3),
 )
 SCHEMA_VERSION = MIGRATIONS[-1].version
 _MAX_BATCH = 512
@@ -360,6 +393,20 @@ def fresh(conn: sqlite3.Connection, store: Callable[[], object]) -> bool:
     return True
 
 
+def _statements(script: str) -> Iterator[str]:
+    """The statements of ``script`` one by one (``execute`` takes one): split at each ';' that ends
+    a complete statement, so a trigger's body, whose statements end in ';' too, stays whole."""
+    pending = ""
+    for piece in script.split(";"):
+        pending += piece + ";"
+        if sqlite3.complete_statement(pending):
+            if pending.strip(" \n;"):
+                yield pending
+            pending = ""
+    if pending.strip(" \n;"):
+        yield pending
+
+
 def _migrate(conn: sqlite3.Connection) -> list[Migration]:
     """Apply the pending steps in one transaction. BEGIN IMMEDIATE takes the database's write lock
     first, so two processes opening a new file at once apply each step once."""
@@ -372,9 +419,8 @@ def _migrate(conn: sqlite3.Connection) -> list[Migration]:
         applied = {int(r[0]) for r in conn.execute("SELECT version FROM schema_migrations")}
         steps = pending(MIGRATIONS, applied)
         for step in steps:
-            for statement in step.sql.split(";"):  # the steps' SQL has no ';' but between statements
-                if statement.strip():
-                    conn.execute(statement)
+            for statement in _statements(step.sql):
+                conn.execute(statement)
             conn.execute(
                 "INSERT INTO schema_migrations(version, name, applied) VALUES (?, ?, ?)",
                 (step.version, step.name, time.time()),
@@ -657,6 +703,23 @@ class SqliteAccessor:
     async def pods(self) -> list[str]:
         return [r[0] for r in self._read().execute("SELECT name FROM pods ORDER BY name").fetchall()]
 
+    async def track_usage(self, on: bool) -> None:
+        def job(conn: sqlite3.Connection) -> None:
+            for statement in _statements(_USAGE_ON if on else _USAGE_OFF):
+                conn.execute(statement)
+
+        await self._run(job)
+
+    async def usage(self, pod: str) -> int:
+        key = ("usage", pod)
+        cached = self.cache.get(key)
+        if cached is not MISS:
+            return cast(int, cached)
+        row = self._read().execute("SELECT bytes FROM pod_usage WHERE pod=?", (pod,)).fetchone()
+        used = 0 if row is None else int(row[0])
+        self.cache.put(key, used)
+        return used
+
     async def pod_exists(self, pod: str) -> bool:
         key = ("pod_exists", pod)
         cached = self.cache.get(key)
@@ -782,6 +845,7 @@ class SqliteAccessor:
             )
             conn.execute("DELETE FROM pod_keys WHERE pod=?", (pod,))
             conn.execute("DELETE FROM received WHERE pod=?", (pod,))
+            conn.execute("DELETE FROM pod_usage WHERE pod=?", (pod,))
             _bump_acl_epoch(conn)  # its ACLs are gone: every process drops what it parsed
             return deleted
 

@@ -22,6 +22,7 @@ from ldp.identifiers import PodLocator, check_segment, is_acl, is_container, par
 from ldp.names import new_name
 from ldp.patch import Patch, parse_patch
 from ldp.preconditions import NO_CONDITIONS, Conditions, check_write, etag
+from ldp.quota import NO_QUOTA
 from ldp.rdf import is_rdf_type, parse_rdf, serialize_rdf, validate_rdf
 from ldp.vocab import LDP, PIM, RDF, SOLID
 
@@ -57,6 +58,7 @@ class ResourceStore:
         self._cache_size = cache_size
         self._locks: dict[tuple[str, str], list[Any]] = {}
         self.on_change: ChangeHook | None = None
+        self.quota = NO_QUOTA  # pod_quota (ldp.quota), set by the application
         # Each adds its triples to a pod's storage description (e.g. the notification service).
         self.describers: list[Callable[[str, Graph], None]] = []
 
@@ -180,6 +182,7 @@ class ResourceStore:
             check_write(current, cond)
             if current is None:
                 new_containers = await self._new_containers(pod, path)
+            await self.quota.check(pod, len(stored) - (0 if current is None else len(current.body)))
             expect = ABSENT if current is None else current.version
             return await self.accessor.write(pod, Write(path, ctype, stored, expect))
 
@@ -200,6 +203,7 @@ class ResourceStore:
             candidate = name or new_name()
             path = container + candidate + ("/" if as_container else "")
             ctype, stored = self._validated_body(pod, path, content_type, body)
+            await self.quota.check(pod, len(stored))
             try:
                 if name and await self._taken(pod, path):
                     raise VersionMismatch("slug taken")
@@ -267,6 +271,7 @@ class ResourceStore:
             if is_container(path):
                 _refuse_containment(result, url)
             stored = serialize_rdf(result, ctype, url)
+            await self.quota.check(pod, len(stored) - (0 if current is None else len(current.body)))
             expect = ABSENT if current is None else current.version
             return await self.accessor.write(pod, Write(path, ctype, stored, expect))
 

@@ -17,6 +17,7 @@ from acl.signatures import SignatureVerifier, webid_key_from_graph
 from acl.wac import Wac
 from ldp.errors import Conflict
 from ldp.headers import UPDATES_PATH
+from ldp.quota import Quota
 from ldp.store import ResourceStore
 from pod.backend import open_backend
 from pod.batch_inbox import install_batch_inbox
@@ -114,6 +115,8 @@ async def _storage(app: web.Application) -> AsyncIterator[None]:
     )
     app[NOTIFICATIONS] = notifications = Notifications(locator, wac, accessor)
     store.on_change = inbox.on_change = publisher.on_change = notifications.feed.publish
+    store.quota = inbox.quota = publisher.quota = Quota(accessor.usage, config.pod_quota)
+    await accessor.track_usage(config.pod_quota > 0)
     feed = notifications.feed
     feed.relay = await open_relay(backend.name, accessor, config.data_dir, feed.deliver)
     app[LEGACY_UPDATES] = LegacyUpdates(locator, wac, lambda: app[AUTHENTICATOR], feed.subscribe)

@@ -54,6 +54,9 @@ def _common(parser: argparse.ArgumentParser) -> None:
     )
     g.add_argument("--log-level", dest="log_level", choices=LOG_LEVELS, help="log level (default info)")
     g.add_argument("--max-body-size", dest="max_body_size", metavar="BYTES", help="largest request body")
+    g.add_argument(
+        "--pod-quota", dest="pod_quota", metavar="BYTES", help="most bytes one pod may store (0: no limit)"
+    )
     g.add_argument("--oidc-issuer", dest="oidc_issuer", metavar="URL", help="solid:oidcIssuer for new WebIDs")
     g.add_argument(
         "--demo-pod", dest="demo_pod", metavar="NAME", help="pod created on first start ('' for none)"

@@ -35,6 +35,7 @@ class Config:
     url_mode: str = "path"  # "path" or "subdomain"
     log_level: str = "info"
     max_body_size: int = 50 * 1024 * 1024
+    pod_quota: int = 0  # bytes of resource bodies one pod may hold (ldp.quota); 0: no limit
     oidc_issuer: str = ""
     demo_pod: str = "demo"  # created on first start when no pod exists; "" disables
     unsafe_webid_header: bool = False  # accept "Authorization: WebID <uri>" (conformance tests only)
@@ -113,6 +114,8 @@ def _validate(cfg: Config) -> Config:
         raise ConfigError(f"invalid log_level: {cfg.log_level!r} (expected one of {', '.join(LOG_LEVELS)})")
     if cfg.max_body_size <= 0:
         raise ConfigError(f"invalid max_body_size: {cfg.max_body_size}")
+    if cfg.pod_quota < 0:
+        raise ConfigError(f"invalid pod_quota: {cfg.pod_quota} (bytes, or 0 for no limit)")
     for name in ("delivery_max_backoff", "delivery_lease"):
         if getattr(cfg, name) < 1:
             raise ConfigError(f"invalid {name}: {getattr(cfg, name)} (at least 1 second)")

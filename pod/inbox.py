@@ -34,6 +34,7 @@ from ldp.accessor import StorageAccessor, Write
 from ldp.errors import BadRequest, Forbidden
 from ldp.identifiers import PodLocator
 from ldp.names import new_name
+from ldp.quota import NO_QUOTA
 from ldp.store import ChangeHook
 from pod.events import NO_TOPIC, EventJson, Topic, is_webid, topic_link
 from pod.queue import UNCHECKED, DeliveryQueue, NewDelivery, Outdated, Receipt
@@ -134,6 +135,15 @@ class Inbox:
         self.wac = wac
         self.on_change: ChangeHook | None = None  # told of the stored copy and its topic link
         self.subscriptions = SubscriptionCache()
+        self.quota = NO_QUOTA  # pod_quota (ldp.quota), set by the application
+
+    async def check_room(self, receipt: Receipt, planned: dict[str, int]) -> None:
+        """413 if ``receipt`` would take its pod past the quota, counting the bytes ``planned`` for
+        pods by receipts accepted before it into the same transaction (and adding its own)."""
+        if self.quota.limit <= 0:
+            return
+        before = planned.get(receipt.pod, 0)
+        planned[receipt.pod] = before + await self.quota.check_writes(receipt.pod, receipt.writes, before)
 
     async def receive(self, pod: str, sender: str, doc: dict[str, Any]) -> Received:
         """Apply the rules above to one event sent by ``sender`` (a WebID) to ``pod``."""
@@ -167,9 +177,11 @@ class Inbox:
             outcomes.append(_PENDING)
         for remembered in (True, False):
             receipts: list[tuple[int, _Accepted, Receipt]] = []
+            planned: dict[str, int] = {}
             for at, event in accepted:
                 try:
                     receipt = await self.receipt(*event, remembered=remembered)
+                    await self.check_room(receipt, planned)
                 except Exception as exc:
                     outcomes[at] = exc
                     continue

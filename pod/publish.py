@@ -32,6 +32,7 @@ from ldp.accessor import Write
 from ldp.errors import BadRequest, PodError, Unauthorized, UnsupportedMediaType
 from ldp.identifiers import PodLocator
 from ldp.names import new_name
+from ldp.quota import NO_QUOTA
 from ldp.rdf import normalize_media_type
 from ldp.store import ChangeHook
 from ldp.vocab import PIM
@@ -100,6 +101,7 @@ class Publisher:
         self.remote_check = remote_check
         self.pod_exists = pod_exists
         self.on_change: ChangeHook | None = None  # told of each stored event
+        self.quota = NO_QUOTA  # pod_quota (ldp.quota), set by the application
         self._local: dict[str, str | None] = {}
 
     def _local_pod(self, webid: str) -> str | None:
@@ -185,7 +187,13 @@ class Publisher:
                     deliveries.append(NewDelivery(url, pod, "inbox", webid, payload))
                     queued += 1
             urls.append(url)
+        # The publisher's own pod must have room for the events (413 to the app otherwise); a
+        # recipient here without room refuses its copy like any other refusal below.
+        planned = {pod: await self.quota.check_writes(pod, writes)} if self.quota.limit > 0 else {}
         try:
+            if inbox is not None:
+                for receipt in receipts:
+                    await inbox.check_room(receipt, planned)
             stored = await self.queue.commit(pod, writes, deliveries, receipts)
         except PodError as exc:
             if not receipts or exc.status >= 500:

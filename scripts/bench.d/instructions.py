@@ -1,7 +1,7 @@
 """Instructions per published event, counted by valgrind's callgrind: a figure that does not move
 with the machine's load or speed, for changes too small for wrk to tell apart from noise.
 
-    .venv/bin/python scripts/bench.d/instructions.py [--small 2] [--large 12] [--batch 100]
+    .venv/bin/python scripts/bench.d/instructions.py [--small 2] [--large 12] [--batch 100] [--pod-quota B]
 
 It runs the same program twice under callgrind, publishing ``small`` and then ``large`` batches of
 ``batch`` events (pod alice to pod bob on one SQLite server, in-process: the HTTP layer is left out,
@@ -31,7 +31,7 @@ EVENT = {
 }
 
 
-async def publish(batches: int, batch: int) -> None:
+async def publish(batches: int, batch: int, quota: int = 0) -> None:
     """The measured program: set up two pods and a grant, then publish."""
     sys.path.insert(0, str(ROOT))
     from aiohttp.test_utils import TestServer
@@ -44,7 +44,7 @@ async def publish(batches: int, batch: int) -> None:
     from pod.state import INBOX_RECEIVER, PUBLISHER, STORE
 
     data = Path(tempfile.mkdtemp(prefix="instructions-"))
-    app = create_app(Config(data_dir=data, base_url="http://pod.test/", demo_pod="alice"))
+    app = create_app(Config(data_dir=data, base_url="http://pod.test/", demo_pod="alice", pod_quota=quota))
     server = TestServer(app)
     await server.start_server()
     try:
@@ -60,7 +60,7 @@ async def publish(batches: int, batch: int) -> None:
         shutil.rmtree(data, ignore_errors=True)
 
 
-def count(batches: int, batch: int, out: Path) -> tuple[int, Counter[str]]:
+def count(batches: int, batch: int, out: Path, quota: int) -> tuple[int, Counter[str]]:
     cmd = [
         "valgrind",
         "--tool=callgrind",
@@ -71,6 +71,8 @@ def count(batches: int, batch: int, out: Path) -> tuple[int, Counter[str]]:
         str(batches),
         "--batch",
         str(batch),
+        "--pod-quota",
+        str(quota),
     ]
     done = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
     if done.returncode != 0:
@@ -97,16 +99,19 @@ def main() -> None:
     parser.add_argument("--small", type=int, default=2, help="batches in the first run")
     parser.add_argument("--large", type=int, default=12, help="batches in the second run")
     parser.add_argument("--batch", type=int, default=100, help="events per batch")
+    parser.add_argument(
+        "--pod-quota", type=int, default=0, help="run with this pod_quota (bytes; 0: none, the default)"
+    )
     parser.add_argument("--run", type=int, help=argparse.SUPPRESS)  # the measured program itself
     args = parser.parse_args()
     if args.run is not None:
-        asyncio.run(publish(args.run, args.batch))
+        asyncio.run(publish(args.run, args.batch, args.pod_quota))
         return
     if shutil.which("valgrind") is None or shutil.which("callgrind_annotate") is None:
         raise SystemExit("needs valgrind (apt-get install valgrind)")
     with tempfile.TemporaryDirectory() as tmp:
-        small, small_objects = count(args.small, args.batch, Path(tmp) / "small")
-        large, large_objects = count(args.large, args.batch, Path(tmp) / "large")
+        small, small_objects = count(args.small, args.batch, Path(tmp) / "small", args.pod_quota)
+        large, large_objects = count(args.large, args.batch, Path(tmp) / "large", args.pod_quota)
     events = (args.large - args.small) * args.batch
     print(f"instructions per published event: {(large - small) / events:,.0f}")
     split = Counter({k: (large_objects[k] - small_objects[k]) / events for k in large_objects})
