@@ -276,6 +276,15 @@ class StorageAccessor(Protocol):
 
     async def pods(self) -> list[str]: ...
 
+    async def end_channel(self, key: str, end_at: float) -> None:
+        """Record that the notification channel ``key`` ended before ``end_at``, when its signed
+        token stops being valid anyway (``pod.notifications``); expired records are dropped."""
+        ...
+
+    async def ended_channels(self) -> dict[str, float]:
+        """The channels ended early whose tokens are still within their time: key → endAt."""
+        ...
+
     async def track_usage(self, on: bool) -> None:
         """Keep each pod's byte count exact from now on (recounted now), or stop keeping it: its
         cost on every write is paid only where a quota needs it (``ldp.quota``)."""

@@ -183,6 +183,11 @@ CREATE INDEX replay_keys_expires ON replay_keys(expires);
         "bytes stored per pod, for quotas",
         'CREATE TABLE pod_usage (pod text COLLATE "C" PRIMARY KEY, bytes bigint NOT NULL);',
     ),
+    Migration(
+        5,
+        "notification channels ended before their time",
+        "CREATE TABLE ended_channels (key text PRIMARY KEY, end_at double precision NOT NULL);",
+    ),
 )
 # Kept only while a quota is configured (see ldp.sqlite): ``track_usage`` recounts pod_usage and
 # adds statement triggers with transition tables, one update per statement and pod however many
@@ -830,6 +835,22 @@ class PostgresAccessor:
 
     async def pods(self) -> list[str]:
         return [str(r[0]) for r in await self._require_pool().fetch("SELECT name FROM pods ORDER BY name")]
+
+    async def end_channel(self, key: str, end_at: float) -> None:
+        async with self._require_pool().acquire() as conn, conn.transaction():
+            await conn.execute("DELETE FROM ended_channels WHERE end_at <= $1", time.time())
+            await conn.execute(
+                "INSERT INTO ended_channels(key, end_at) VALUES ($1, $2)"
+                " ON CONFLICT (key) DO UPDATE SET end_at = excluded.end_at",
+                key,
+                end_at,
+            )
+
+    async def ended_channels(self) -> dict[str, float]:
+        rows = await self._require_pool().fetch(
+            "SELECT key, end_at FROM ended_channels WHERE end_at > $1", time.time()
+        )
+        return {str(r["key"]): float(r["end_at"]) for r in rows}
 
     async def track_usage(self, on: bool) -> None:
         async with self._require_pool().acquire() as conn, conn.transaction():

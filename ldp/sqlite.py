@@ -160,6 +160,11 @@ MIGRATIONS = (
         "CREATE TABLE retired_pods (name TEXT PRIMARY KEY, deleted REAL NOT NULL)",
     ),
     Migration(3, "bytes stored per pod, for quotas", _SCHEMA_3),
+    Migration(
+        4,
+        "notification channels ended before their time",
+        "CREATE TABLE ended_channels (key TEXT PRIMARY KEY, end_at REAL NOT NULL)",
+    ),
 )
 SCHEMA_VERSION = MIGRATIONS[-1].version
 _MAX_BATCH = 512
@@ -702,6 +707,19 @@ class SqliteAccessor:
 
     async def pods(self) -> list[str]:
         return [r[0] for r in self._read().execute("SELECT name FROM pods ORDER BY name").fetchall()]
+
+    async def end_channel(self, key: str, end_at: float) -> None:
+        def job(conn: sqlite3.Connection) -> None:
+            conn.execute("DELETE FROM ended_channels WHERE end_at <= ?", (time.time(),))
+            conn.execute("INSERT OR REPLACE INTO ended_channels(key, end_at) VALUES (?, ?)", (key, end_at))
+
+        await self._run(job)
+
+    async def ended_channels(self) -> dict[str, float]:
+        rows = self._read().execute(
+            "SELECT key, end_at FROM ended_channels WHERE end_at > ?", (time.time(),)
+        ).fetchall()
+        return {str(key): float(end_at) for key, end_at in rows}
 
     async def track_usage(self, on: bool) -> None:
         def job(conn: sqlite3.Connection) -> None:

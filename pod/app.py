@@ -119,6 +119,7 @@ async def _storage(app: web.Application) -> AsyncIterator[None]:
     await accessor.track_usage(config.pod_quota > 0)
     feed = notifications.feed
     feed.relay = await open_relay(backend.name, accessor, config.data_dir, feed.deliver)
+    await notifications.load_ended()
     app[LEGACY_UPDATES] = LegacyUpdates(locator, wac, lambda: app[AUTHENTICATOR], feed.subscribe)
     store.describers.append(notifications.describe)
     if config.unsafe_webid_header:

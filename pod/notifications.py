@@ -532,13 +532,20 @@ class Notifications:
         channel = await self._known(target.pod, token, register=False)
         if channel is None or channel.webid != creds.webid:
             raise NotFound(f"No notification channel {self.locator.url(target.pod, target.path)}")
-        self._end(channel)
+        await self._end(channel)
         return web.Response(status=204)
 
-    def _end(self, channel: Channel) -> None:
+    async def _end(self, channel: Channel) -> None:
         """End ``channel`` before its time in every process, this one included
-        (``_channel_ended``): its token stays valid until endAt, so each must remember it."""
+        (``_channel_ended``): its token stays valid until endAt, so each must remember it, and so
+        must a process that starts later (``load_ended``), from the database."""
+        await self.accessor.end_channel(channel.key, channel.end_at)
         self.feed.publish(channel.pod, CHANNEL_PREFIX + channel.key, ENDED, repr(channel.end_at))
+
+    async def load_ended(self) -> None:
+        """The channels ended early before this process started (after its relay is listening, so
+        that none ended meanwhile is missed)."""
+        self._ended.update(await self.accessor.ended_channels())
 
     def _channel_ended(self, change: Change) -> None:
         key = change.path[len(CHANNEL_PREFIX) :]
@@ -612,7 +619,10 @@ class Notifications:
             if channel.connection is conn:
                 channel.connection = None
             if channel.single_use:
-                self._end(channel)
+                try:
+                    await self._end(channel)
+                except Exception as exc:  # shutting down: the database may be closed already
+                    log.warning("could not record the end of channel %s: %s", channel.key, exc)
             if not ws.closed:
                 await ws.close()
         return ws

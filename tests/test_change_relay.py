@@ -198,6 +198,28 @@ async def test_a_channel_opens_on_any_process_and_ends_on_all(
     assert token in channel_id  # the id carries the token: any process can tell whose channel it is
 
 
+async def test_a_channel_ended_early_stays_ended_after_a_restart(
+    procs: Procs, http: aiohttp.ClientSession
+) -> None:
+    """Its token is signed and valid until endAt: a process that starts after the DELETE (a
+    restart, a new worker) must still refuse it, so the ending is kept in the database."""
+    server = procs.server("r", demo_pod="alice", unsafe_webid_header=True)
+    kept = await subscribe(http, server, server.url("alice", "notes/kept.ttl"))
+    ended = await subscribe(http, server, server.url("alice", "notes/ended.ttl"))
+    async with http.delete(ended["id"], headers=owner(server)) as deleted:
+        assert deleted.status == 204
+    server.restart()
+    with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+        await http.ws_connect(ended["receiveFrom"])
+    assert refused.value.status == 404
+    socket = await http.ws_connect(kept["receiveFrom"])  # the other channel lives on
+    doc = server.url("alice", "notes/kept.ttl")
+    async with http.put(doc, data="<#a> <#b> 1 .", headers={**TURTLE, **owner(server)}) as put:
+        assert put.status == 201
+    assert (await next_message(socket))["type"] == "Create"
+    await socket.close()
+
+
 async def test_solid_0_1_hears_the_writes_of_another_process(
     procs: Procs, backend: Databases, http: aiohttp.ClientSession
 ) -> None:
