@@ -858,6 +858,15 @@ class PostgresAccessor:
             await conn.execute(
                 "SELECT pg_advisory_xact_lock(hashtextextended('pod usage ' || current_schema(), 0))"
             )
+            tracking = await conn.fetchval(
+                "SELECT 1 FROM pg_trigger WHERE tgname = 'pod_usage_insert'"
+                " AND tgrelid = 'resources'::regclass"
+            )
+            if bool(tracking) == on:
+                return  # as it should be: a restart recounts nothing, and locks nothing
+            # Writes wait (reads go on) until the commit, so none slips between the recount and
+            # the triggers: this happens once, when the quota is switched on or off.
+            await conn.execute("LOCK TABLE resources IN SHARE ROW EXCLUSIVE MODE")
             await conn.execute(_USAGE_ON if on else _USAGE_OFF)
 
     async def usage(self, pod: str) -> int:

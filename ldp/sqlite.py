@@ -723,6 +723,11 @@ class SqliteAccessor:
 
     async def track_usage(self, on: bool) -> None:
         def job(conn: sqlite3.Connection) -> None:
+            tracking = conn.execute(
+                "SELECT 1 FROM sqlite_master WHERE type='trigger' AND name='pod_usage_insert'"
+            ).fetchone()
+            if bool(tracking) == on:
+                return  # as it should be: a restart recounts nothing
             for statement in _statements(_USAGE_ON if on else _USAGE_OFF):
                 conn.execute(statement)
 
