@@ -6,14 +6,16 @@ the disk of every pod on the server. With ``pod_quota`` set, a write that would 
 the limit is refused with 413 and a message naming the pod, its use and its limit; a write that
 shrinks a pod, and any delete, is always allowed, so a full pod can be emptied.
 
-While a quota is configured, the database keeps each pod's use exact (``pod_usage``), recounted
-when a server starts and then kept by triggers in the very transactions that change resources,
-whatever path a write takes (they cost a publish a quarter more instructions; without a quota there
-are none). Every process sharing a database must have the same ``pod_quota``: each sets the
-triggers up, or removes them, when it starts. A write is checked against that figure
-before it is committed, not inside the commit, so writes to one pod that race can together go past
-the limit by what they carry; the next one then finds the pod full. Checking inside the commit
-would put a lookup and a failure path into every group commit, for one byte-exact limit.
+While a quota is configured, the database keeps each pod's use exact (``pod_usage``): counted when
+a server first starts with a quota, then kept by triggers in the very transactions that change
+resources, whatever path a write takes. They cost a publish a quarter more instructions; without a
+quota there are none. Every process sharing a database must have the same ``pod_quota``: each
+sets the triggers up, or removes them, when it starts with a setting that differs from theirs.
+
+A write is checked against that figure before it is committed, not inside the commit, so writes
+to one pod that race can together go past the limit by what they carry; the next one then finds
+the pod full. Checking inside the commit would put a lookup and a failure path into every group
+commit, for one byte-exact limit.
 
 The limit is the server's configuration. Events a full pod cannot take are refused to their
 senders (413, final: the delivery is recorded as failed with that message, and ``pod replay``
