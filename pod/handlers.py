@@ -129,6 +129,10 @@ async def handle_get(request: web.Request, target: Target) -> web.StreamResponse
     accept = request.headers.get(hdrs.ACCEPT)
     headers = _headers(request, target, True)
     headers["Last-Modified"] = http_date(record.modified)
+    # Without it a browser may reuse a read for a while without asking (heuristic freshness from
+    # Last-Modified, RFC 9111 §4.2.2), and miss what another client wrote meanwhile. Revalidating
+    # costs a 304 when nothing changed.
+    headers["Cache-Control"] = "no-cache"
     if is_container(record.path):
         media = choose_rdf_type(accept)
         return await _container(request, target, record, media, headers, cond)

@@ -192,3 +192,12 @@ async def test_if_unmodified_since(client: TestClient[Any, Any]) -> None:
     assert patch.status == 204
     assert (await client.delete("/alice/n.ttl", headers=fine)).status == 204
     assert (await client.get("/alice/n.ttl")).status == 404
+
+
+async def test_reads_are_revalidated_by_caches(client: TestClient[Any, Any]) -> None:
+    await client.put("/alice/n.ttl", headers=TTL, data="<#a> <#b> <#c> .")
+    for path in ("/alice/n.ttl", "/alice/"):
+        read = await client.get(path)
+        assert read.headers["Cache-Control"] == "no-cache"
+        again = await client.get(path, headers={"If-None-Match": read.headers["ETag"]})
+        assert (again.status, again.headers["Cache-Control"]) == (304, "no-cache")
