@@ -19,8 +19,8 @@ commit, for one byte-exact limit.
 
 The limit is the server's configuration. Events a full pod cannot take are refused to their
 senders (413, final: the delivery is recorded as failed with that message, and ``pod replay``
-sends it again once the owner made room). One corner: an event the pod already holds, sent again
-by a sender that did not see the first answer, is refused as well while the pod is full.
+sends it again once the owner made room); an event the pod already holds, sent again by a sender
+that missed the first answer, is still answered as held (200).
 """
 
 from __future__ import annotations

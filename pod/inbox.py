@@ -31,7 +31,7 @@ from typing import Any, NamedTuple
 from acl.modes import create_in
 from acl.wac import Wac
 from ldp.accessor import StorageAccessor, Write
-from ldp.errors import BadRequest, Forbidden
+from ldp.errors import BadRequest, Forbidden, PayloadTooLarge
 from ldp.identifiers import PodLocator
 from ldp.names import new_name
 from ldp.quota import NO_QUOTA
@@ -182,6 +182,12 @@ class Inbox:
                 try:
                     receipt = await self.receipt(*event, remembered=remembered)
                     await self.check_room(receipt, planned)
+                except PayloadTooLarge as exc:
+                    # A full pod still answers a copy it already holds as it always does (a sender
+                    # that missed the first answer sends it again): 200, nothing new.
+                    held = await self.queue.received_at(event.pod, event.sender, event.event_id)
+                    outcomes[at] = exc if held is None else Received(held, False)
+                    continue
                 except Exception as exc:
                     outcomes[at] = exc
                     continue

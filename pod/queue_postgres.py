@@ -37,6 +37,8 @@ _AGAIN = (
     asyncpg.exceptions.SerializationError,
     asyncpg.exceptions.UniqueViolationError,
 )
+# The path of a pod's copy of an event from a sender (its duplicate guard).
+_RECEIVED_AT = "SELECT path FROM received WHERE pod=$1 AND sender=$2 AND event_id=$3"
 
 
 def _row(r: asyncpg.Record) -> Delivery:
@@ -85,13 +87,7 @@ async def receive_in(tx: Tx, r: Receipt, now: float) -> str | None:
         r.path,
     )
     if not claimed:
-        earlier = await tx.conn.fetchval(
-            "SELECT path FROM received WHERE pod=$1 AND sender=$2 AND event_id=$3",
-            r.pod,
-            r.sender,
-            r.event_id,
-        )
-        return str(earlier)
+        return str(await tx.conn.fetchval(_RECEIVED_AT, r.pod, r.sender, r.event_id))
     for w in r.writes:
         await write_in(tx, r.pod, w)
     await insert_deliveries(tx, r.forwards, now)
@@ -281,6 +277,10 @@ class PostgresQueue:
         await self.accessor.pool.execute(
             "UPDATE deliveries SET lease_until=0 WHERE id = ANY($1::bigint[])", list(ids)
         )
+
+    async def received_at(self, pod: str, sender: str, event_id: str) -> str | None:
+        path = await self.accessor.pool.fetchval(_RECEIVED_AT, pod, sender, event_id)
+        return None if path is None else str(path)
 
     async def for_event(self, event_id: str) -> list[Delivery]:
         rows = await self.accessor.pool.fetch(

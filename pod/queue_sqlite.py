@@ -60,6 +60,13 @@ def insert_deliveries(conn: sqlite3.Connection, deliveries: Sequence[NewDelivery
 _RECEIVED = "INSERT INTO received(pod, sender, event_id, path) VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING"
 
 
+def _received_at(conn: sqlite3.Connection, pod: str, sender: str, event_id: str) -> str | None:
+    row = conn.execute(
+        "SELECT path FROM received WHERE pod=? AND sender=? AND event_id=?", (pod, sender, event_id)
+    ).fetchone()
+    return None if row is None else str(row[0])
+
+
 def receive_in(conn: sqlite3.Connection, r: Receipt, now: float) -> str | None:
     """Apply a receipt inside a job's transaction: the path of the earlier copy if the pod already
     has this event from this sender, else None once the copy, its link and its forwards are written.
@@ -72,10 +79,7 @@ def receive_in(conn: sqlite3.Connection, r: Receipt, now: float) -> str | None:
         (r.pod, r.sender, r.event_id, r.path),
     ).rowcount
     if not stored:
-        row = conn.execute(
-            "SELECT path FROM received WHERE pod=? AND sender=? AND event_id=?", (r.pod, r.sender, r.event_id)
-        ).fetchone()
-        return str(row[0])
+        return str(_received_at(conn, r.pod, r.sender, r.event_id))
     for w in r.writes:
         write_in(conn, r.pod, w)
     insert_deliveries(conn, r.forwards, now)
@@ -253,6 +257,9 @@ class SqliteQueue:
             lambda conn: receive_many_in(conn, receipts, time.time())
         )
         return results
+
+    async def received_at(self, pod: str, sender: str, event_id: str) -> str | None:
+        return _received_at(self.accessor.read_connection(), pod, sender, event_id)
 
     async def for_event(self, event_id: str) -> list[Delivery]:
         rows = (

@@ -146,6 +146,22 @@ async def test_events_and_a_full_pod(make_client: ClientFactory) -> None:
     )
     inbox = await client.get("/carol/inbox/", headers={"Accept": "application/json", **as_("carol")})
     assert (await inbox.json())["contains"] == []
+    # An event carol took before she was full, sent again (its sender missed the answer), is
+    # still answered as a copy she holds: 200, not 413.
+    event_id = BASE + "alice/publish/" + "b" * 32
+    sent = {"id": event_id, "topic": "news/daily", "data": {"n": 0}}
+    await client.delete("/carol/fill.bin", headers=as_("carol"))
+    first = await client.post("/carol/inbox/", data=json.dumps(sent), headers={**JSON, **as_("alice")})
+    assert first.status == 201
+    room = base + 1500 - await usage(client, "carol")
+    fill = await client.put("/carol/fill.bin", headers={**BIN, **as_("carol")}, data=b"f" * (room - 10))
+    assert fill.status == 201
+    again = await client.post("/carol/inbox/", data=json.dumps(sent), headers={**JSON, **as_("alice")})
+    assert (again.status, again.headers["Location"]) == (200, first.headers["Location"])
+    other = {**sent, "id": BASE + "alice/publish/" + "c" * 32}
+    assert (
+        await client.post("/carol/inbox/", data=json.dumps(other), headers={**JSON, **as_("alice")})
+    ).status == 413
     # An LDN notification to the full pod is refused to its sender.
     note = {"@context": "https://www.w3.org/ns/activitystreams", "type": "Announce", "summary": "x" * 100}
     ldn = await client.post(
