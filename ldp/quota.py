@@ -8,9 +8,10 @@ shrinks a pod, and any delete, is always allowed, so a full pod can be emptied.
 
 While a quota is configured, the database keeps each pod's use exact (``pod_usage``): counted when
 a server first starts with a quota, then kept by triggers in the very transactions that change
-resources, whatever path a write takes. They cost a publish a quarter more instructions; without a
-quota there are none. Every process sharing a database must have the same ``pod_quota``: each
-sets the triggers up, or removes them, when it starts with a setting that differs from theirs.
+resources, whatever path a write takes. On SQLite they cost a publish a quarter more instructions
+(a sub-program per row, and a journal per statement); without a quota there are none. Every
+process sharing a database must have the same ``pod_quota``: each sets the triggers up, or removes
+them, when it starts with a setting that differs from theirs.
 
 A write is checked against that figure before it is committed, not inside the commit, so writes
 to one pod that race can together go past the limit by what they carry; the next one then finds
