@@ -210,17 +210,11 @@ BEGIN
     INSERT INTO pod_usage(pod, bytes) VALUES (NEW.name, 0) ON CONFLICT DO NOTHING;
     RETURN NULL;
 END $$;
-CREATE OR REPLACE FUNCTION pod_usage_add() RETURNS trigger LANGUAGE plpgsql AS $$
+-- Inserted rows count for (argument 1), deleted ones against (-1): both name them "changed".
+CREATE OR REPLACE FUNCTION pod_usage_apply() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
-    UPDATE pod_usage u SET bytes = u.bytes + a.bytes
-        FROM (SELECT pod, sum(octet_length(body)) AS bytes FROM added GROUP BY pod) a
-        WHERE u.pod = a.pod;
-    RETURN NULL;
-END $$;
-CREATE OR REPLACE FUNCTION pod_usage_remove() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN
-    UPDATE pod_usage u SET bytes = u.bytes - r.bytes
-        FROM (SELECT pod, sum(octet_length(body)) AS bytes FROM removed GROUP BY pod) r
+    UPDATE pod_usage u SET bytes = u.bytes + TG_ARGV[0]::bigint * r.bytes
+        FROM (SELECT pod, sum(octet_length(body)) AS bytes FROM changed GROUP BY pod) r
         WHERE u.pod = r.pod;
     RETURN NULL;
 END $$;
@@ -234,9 +228,9 @@ BEGIN
 END $$;
 CREATE TRIGGER pod_usage_pod AFTER INSERT ON pods FOR EACH ROW EXECUTE FUNCTION pod_usage_pod();
 CREATE TRIGGER pod_usage_insert AFTER INSERT ON resources
-    REFERENCING NEW TABLE AS added FOR EACH STATEMENT EXECUTE FUNCTION pod_usage_add();
+    REFERENCING NEW TABLE AS changed FOR EACH STATEMENT EXECUTE FUNCTION pod_usage_apply('1');
 CREATE TRIGGER pod_usage_delete AFTER DELETE ON resources
-    REFERENCING OLD TABLE AS removed FOR EACH STATEMENT EXECUTE FUNCTION pod_usage_remove();
+    REFERENCING OLD TABLE AS changed FOR EACH STATEMENT EXECUTE FUNCTION pod_usage_apply('-1');
 CREATE TRIGGER pod_usage_update AFTER UPDATE ON resources
     REFERENCING NEW TABLE AS added OLD TABLE AS removed
     FOR EACH STATEMENT EXECUTE FUNCTION pod_usage_change();

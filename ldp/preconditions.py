@@ -142,7 +142,7 @@ def not_modified(record: Record, cond: Conditions) -> bool:
     return since is not None and last_modified(record) <= since
 
 
-def range_applies(record: Record, tag: str, if_range: str | None, now: float | None = None) -> bool:
+def range_applies(record: Record, tag: str, if_range: str | None) -> bool:
     """RFC 9110 §13.1.5: without ``If-Range`` a ``Range`` applies; with it, only when the validator
     it names is still current: the representation's strong ETag, exactly, or its ``Last-Modified``
     date, exactly and only while that date is a strong validator (§8.8.2.2: the resource last
@@ -156,5 +156,4 @@ def range_applies(record: Record, tag: str, if_range: str | None, now: float | N
     if value.startswith("W/"):
         return False  # "A valid entity-tag can be distinguished from a valid HTTP-date": weak never
     since = http_timestamp(value)
-    current = time.time() if now is None else now
-    return since is not None and since == last_modified(record) and record.modified <= current - 1
+    return since is not None and since == last_modified(record) and record.modified <= time.time() - 1

@@ -32,7 +32,7 @@ from __future__ import annotations
 import time
 from collections.abc import Awaitable, Callable, Iterable
 
-from ldp.accessor import Write
+from ldp.accessor import Record, Write
 from ldp.errors import PayloadTooLarge
 
 
@@ -69,6 +69,10 @@ class Quota:
             self._known.clear()
         self._known[pod] = (read_at, used + growth)
 
+    async def check_replace(self, pod: str, current: Record | None, body: bytes) -> None:
+        """``check`` for a write of ``body`` in place of ``current`` (None: a new resource)."""
+        await self.check(pod, len(body) - (0 if current is None else len(current.body)))
+
     async def check_writes(self, pod: str, writes: Iterable[Write], planned: int = 0) -> int:
         """``check`` for new resources ``writes``; their size, to plan further writes with."""
         growth = sum(len(w.body) for w in writes)
@@ -76,8 +80,8 @@ class Quota:
         return growth
 
 
-NO_QUOTA = Quota(lambda pod: _zero(), 0)
-
-
-async def _zero() -> int:
+async def _nothing_stored(pod: str) -> int:
     return 0
+
+
+NO_QUOTA = Quota(_nothing_stored)

@@ -716,9 +716,11 @@ class SqliteAccessor:
         await self._run(job)
 
     async def ended_channels(self) -> dict[str, float]:
-        rows = self._read().execute(
-            "SELECT key, end_at FROM ended_channels WHERE end_at > ?", (time.time(),)
-        ).fetchall()
+        rows = (
+            self._read()
+            .execute("SELECT key, end_at FROM ended_channels WHERE end_at > ?", (time.time(),))
+            .fetchall()
+        )
         return {str(key): float(end_at) for key, end_at in rows}
 
     async def track_usage(self, on: bool) -> None:

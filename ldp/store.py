@@ -182,7 +182,7 @@ class ResourceStore:
             check_write(current, cond)
             if current is None:
                 new_containers = await self._new_containers(pod, path)
-            await self.quota.check(pod, len(stored) - (0 if current is None else len(current.body)))
+            await self.quota.check_replace(pod, current, stored)
             expect = ABSENT if current is None else current.version
             return await self.accessor.write(pod, Write(path, ctype, stored, expect))
 
@@ -271,7 +271,7 @@ class ResourceStore:
             if is_container(path):
                 _refuse_containment(result, url)
             stored = serialize_rdf(result, ctype, url)
-            await self.quota.check(pod, len(stored) - (0 if current is None else len(current.body)))
+            await self.quota.check_replace(pod, current, stored)
             expect = ABSENT if current is None else current.version
             return await self.accessor.write(pod, Write(path, ctype, stored, expect))
 
